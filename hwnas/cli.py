@@ -1,0 +1,123 @@
+"""The ``hwnas`` command line. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import HwnasError
+
+EXIT_USAGE = 2
+
+
+def _progress_total(cfg) -> int:
+    s = cfg.strategy
+    predicted = any(o.source == "predicted" for o in cfg.objectives.values())
+    return s.population * s.generations + (s.initial_samples if predicted else 0)
+
+
+def _execute(cfg, run_dir: Path, quiet: bool) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from .pipeline import Experiment
+    from .report import write_report
+
+    console = Console(stderr=True, quiet=quiet)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False, disable=quiet) as progress:
+        task = progress.add_task(f"{cfg.name}: evaluating", total=_progress_total(cfg))
+        exp = Experiment(cfg, run_dir, progress=lambda n: progress.advance(task, n))
+        try:
+            summary = exp.run()
+            progress.update(task, description=f"{cfg.name}: writing report")
+            write_report(exp, summary.front, summary.wall_time_s)
+        finally:
+            exp.close()
+    best = ", ".join(f"{m.key} {min(c.value(m.key) for c in summary.front):.4g}–"
+                     f"{max(c.value(m.key) for c in summary.front):.4g}"
+                     for m in exp.metrics if m.goal) if summary.front else "no feasible candidate"
+    print(f"Searched {cfg.name} with {cfg.strategy.name}: {summary.n_candidates} distinct candidates evaluated "
+          f"in {summary.wall_time_s:.1f} s; {summary.n_front} on the Pareto front "
+          f"({'within ' + ', '.join(b.text for b in cfg.budgets) if cfg.budgets else 'no budgets'}) spanning "
+          f"{best}. Results in {run_dir}/ (front.csv, report.md, pareto.png, hv.png, results.sqlite).")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .config import load_config
+    from .pipeline import prepare_run_dir
+
+    cfg = load_config(args.config)
+    run_dir = prepare_run_dir(cfg, Path(args.config), Path(args.out) if args.out else None)
+    return _execute(cfg, run_dir, args.quiet)
+
+
+def cmd_resume(args) -> int:
+    from .pipeline import load_run_config
+
+    run_dir = Path(args.run_dir)
+    cfg = load_run_config(run_dir)
+    return _execute(cfg, run_dir, args.quiet)
+
+
+def cmd_validate(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    print(f"{args.config}: valid ({cfg.name}: {len(cfg.objectives)} objectives, {len(cfg.budgets)} budgets, "
+          f"{cfg.strategy.name} x {cfg.strategy.generations} generations)")
+    return 0
+
+
+def cmd_supernets_list(args) -> int:
+    from hwnas.supernets import names
+
+    for name in names():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwnas", description="Hardware-aware neural architecture search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a search experiment from a YAML file")
+    p.add_argument("config")
+    p.add_argument("--out", help="run folder (default: the file's 'output' or runs/<name>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue a killed run without re-evaluating stored candidates")
+    p.add_argument("run_dir")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("validate", help="check an experiment YAML without running it")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("supernets", help="registered supernets")
+    ssub = p.add_subparsers(dest="subcommand", required=True)
+    ssub.add_parser("list", help="list registered supernets").set_defaults(func=cmd_supernets_list)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HwnasError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; 'hwnas resume RUN_DIR' continues a run", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Experiment configuration: a YAML file validated before anything runs.
+
+Every problem is reported as one line naming the file, the key path and what is
+allowed (:class:`hwnas.errors.ConfigError`); the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+METRICS = ("accuracy", "latency_ms", "energy_mJ", "power_W", "params", "flops")
+COST_METRICS = ("latency_ms", "energy_mJ", "power_W")  # depend on a device
+DIMENSIONS = ("architecture", "pruning", "quantization")
+STRATEGIES = ("nsga2", "random")
+BACKENDS = ("torch-cpu",)
+TABULAR_SPACES = ("nb201", "fbnet", "ofa_mbv3")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpaceConfig(_Model):
+    """A supernet by name and checkpoint, or a tabular benchmark table."""
+
+    supernet: Optional[str] = None
+    checkpoint: str = "default"
+    table: Optional[str] = None
+    tabular_space: Optional[Literal["nb201", "fbnet", "ofa_mbv3"]] = None
+    dimensions: List[Literal["architecture", "pruning", "quantization"]] = ["architecture"]
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.supernet is None) == (self.table is None):
+            raise ValueError("give exactly one of 'supernet' (a registered name) or 'table' (a benchmark CSV)")
+        if self.table is not None and self.tabular_space is None:
+            raise ValueError("a 'table' needs 'tabular_space' (one of nb201, fbnet, ofa_mbv3)")
+        if "architecture" not in self.dimensions:
+            raise ValueError("'dimensions' must include 'architecture'")
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError("'dimensions' lists a dimension twice")
+        unsupported = [d for d in self.dimensions if d != "architecture"]
+        if unsupported:
+            raise ValueError(f"dimension(s) {unsupported} are not available yet; allowed now: ['architecture']")
+        return self
+
+
+class DeviceConfig(_Model):
+    name: str = Field(min_length=1)
+    backend: Literal["torch-cpu"] = "torch-cpu"
+    batch_size: int = Field(default=1, ge=1, le=4096)
+    threads: int = Field(default=1, ge=1, le=256)
+    warmup: int = Field(default=3, ge=0, le=1000)
+    repeats: int = Field(default=15, ge=3, le=10000)
+
+
+class ObjectiveConfig(_Model):
+    goal: Literal["min", "max"]
+    source: Literal["measured", "predicted"] = "measured"
+    device: Optional[str] = None
+
+
+class StrategyConfig(_Model):
+    name: Literal["nsga2", "random"] = "nsga2"
+    population: int = Field(default=24, ge=2, le=100000)
+    generations: int = Field(default=10, ge=1, le=100000)
+    seed: int = Field(default=0, ge=0)
+    # Candidates measured before the search to fit the predictors of predicted objectives.
+    initial_samples: int = Field(default=40, ge=4, le=100000)
+
+
+class ExecutorConfig(_Model):
+    kind: Literal["local", "ray"] = "local"
+    address: Optional[str] = None  # None: start a local Ray; "auto": join a running cluster
+    workers: int = Field(default=2, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _address_only_for_ray(self):
+        if self.kind == "local" and self.address is not None:
+            raise ValueError("'address' is only allowed with kind: ray")
+        return self
+
+
+class AccuracyEvalConfig(_Model):
+    split: Literal["val", "test"] = "val"
+    calib_images: int = Field(default=1000, ge=0, le=1000000)
+
+
+class Budget(_Model):
+    metric: str
+    op: Literal["<=", ">="]
+    value: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+class ExperimentConfig(_Model):
+    name: str = Field(default="experiment", min_length=1)
+    space: SpaceConfig
+    data: str = "fmnist-mini"
+    devices: List[DeviceConfig] = [DeviceConfig(name="local-cpu")]
+    objectives: Dict[str, ObjectiveConfig]
+    budgets: List[Budget] = []
+    strategy: StrategyConfig = StrategyConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+    accuracy_eval: AccuracyEvalConfig = AccuracyEvalConfig()
+    measure_front: bool = True  # re-measure every front member whose objectives were predicted
+    output: Optional[str] = None
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _short_objectives(cls, value):
+        # `accuracy: max` is short for `accuracy: {goal: max}`.
+        if isinstance(value, dict):
+            return {k: ({"goal": v} if isinstance(v, str) else v) for k, v in value.items()}
+        return value
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _parse_budgets(cls, value):
+        if isinstance(value, dict):  # {latency_ms: "<= 15"} or {latency_ms: 15}
+            value = [f"{k} {v}" if isinstance(v, str) else f"{k} <= {v}" for k, v in value.items()]
+        if not isinstance(value, list):
+            return value
+        return [_parse_budget(v, i) if isinstance(v, str) else v for i, v in enumerate(value)]
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise ValueError("devices: a device name is listed twice")
+        if not self.objectives:
+            raise ValueError("objectives: give at least one objective")
+        for key, obj in self.objectives.items():
+            metric, device = split_metric(key)
+            where = f"objectives.{key}"
+            if metric not in METRICS:
+                raise ValueError(f"{where}: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+            if device is not None and device not in names:
+                raise ValueError(f"{where}: device {device!r} is not in devices ({', '.join(names)})")
+            if metric in COST_METRICS and metric != "latency_ms":
+                raise ValueError(f"{where}: {metric} needs a device backend with energy/power; allowed now: latency_ms")
+            if self.space.table is not None and obj.source == "predicted" and metric != "accuracy":
+                raise ValueError(f"{where}: source 'predicted' on a tabular space is only for accuracy")
+        if len(self.objectives) < 2:
+            raise ValueError("objectives: a multi-objective search needs at least two objectives")
+        for i, b in enumerate(self.budgets):
+            metric, device = split_metric(b.metric)
+            if metric not in METRICS:
+                raise ValueError(f"budgets[{i}]: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+            if device is not None and device not in names:
+                raise ValueError(f"budgets[{i}]: device {device!r} is not in devices ({', '.join(names)})")
+            if not math.isfinite(b.value) or (metric != "accuracy" and b.value <= 0):
+                raise ValueError(f"budgets[{i}]: {b.text} can never hold; give a positive finite value")
+            if metric == "accuracy" and not 0 < b.value <= 1:
+                raise ValueError(f"budgets[{i}]: accuracy is a fraction in (0, 1], got {b.value:g}")
+        return self
+
+    def metric_device(self, key: str) -> Optional[DeviceConfig]:
+        """The device an objective/budget key refers to (its `@device`, else the first)."""
+        metric, device = split_metric(key)
+        if metric not in COST_METRICS:
+            return None
+        name = device or self.devices[0].name
+        return next(d for d in self.devices if d.name == name)
+
+
+_BUDGET_RE = re.compile(r"^\s*([A-Za-z_][\w@.\-]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+def _parse_budget(text: str, index: int) -> Dict[str, Any]:
+    m = _BUDGET_RE.match(text)
+    if not m:
+        raise ValueError(f"budgets[{index}]: {text!r} is not of the form 'metric <= number' or 'metric >= number'")
+    return {"metric": m.group(1), "op": m.group(2), "value": float(m.group(3))}
+
+
+def split_metric(key: str):
+    """``latency_ms@pixel3`` -> (``latency_ms``, ``pixel3``); ``accuracy`` -> (``accuracy``, None)."""
+    metric, _, device = key.partition("@")
+    return metric, (device or None)
+
+
+def _format_error(err: Dict[str, Any]) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
+    msg = err.get("msg", "invalid value")
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return loc, "unknown key (check the spelling; see docs/CONFIG.md for allowed keys)"
+    if kind == "missing":
+        return loc, "required key is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        # Our cross-field messages carry their own key path as "path: message".
+        head, sep, tail = msg.partition(": ")
+        if sep and re.fullmatch(r"[\w@.\[\]\-]+", head):
+            return (head if not loc or head.startswith(loc) else f"{loc}.{head}"), tail
+    if kind == "literal_error":
+        msg = msg.replace("Input should be", "allowed:")
+    msg = msg.replace("Input should be", "must be").replace("greater than or equal to", ">=").replace(
+        "less than or equal to", "<=")
+    return loc, msg
+
+
+def parse_config(data: Any, path: Union[str, Path] = "<config>") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "the file must hold a YAML mapping of keys (name, space, objectives, ...)")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        key, msg = _format_error(exc.errors()[0])
+        raise ConfigError(path, key, msg) from None
+
+
+def load_config(path: Union[str, Path]) -> ExperimentConfig:
+    """Read and validate an experiment YAML; raise ConfigError (one line) on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "", "no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ConfigError(path, "", f"{where}{problem} (not valid YAML)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "not a UTF-8 text file") from None
+    return parse_config(data, path)

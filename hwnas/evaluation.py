@@ -1,0 +1,138 @@
+"""Evaluators: what each objective or budget metric is, and how it is measured.
+
+A *metric key* is what the experiment names: ``accuracy``, ``params``, ``flops``,
+``latency_ms`` (on the first device) or ``latency_ms@NAME``. Measuring is costly and is
+fanned out by an executor as :class:`SupernetMeasureTask` calls, one per candidate;
+predicting is cheap and stays vectorised in process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import COST_METRICS, DeviceConfig, ExperimentConfig, split_metric
+from .errors import HwnasError
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # canonical key, as stored and shown
+    metric: str  # accuracy, latency_ms, ...
+    device: Optional[str]  # for cost metrics
+    goal: Optional[str]  # "min"/"max" for objectives, None for budget-only metrics
+    source: str  # "measured" or "predicted" during the search
+
+    @property
+    def sign(self) -> float:
+        """pymoo minimises: maximised metrics are negated."""
+        return -1.0 if self.goal == "max" else 1.0
+
+
+def canonical_key(cfg: ExperimentConfig, key: str) -> str:
+    """One spelling per metric: the device suffix only when there are several devices."""
+    metric, device = split_metric(key)
+    if metric not in COST_METRICS:
+        return metric
+    name = device or cfg.devices[0].name
+    return metric if len(cfg.devices) == 1 else f"{metric}@{name}"
+
+
+def experiment_metrics(cfg: ExperimentConfig) -> List[Metric]:
+    """Objectives first (in the file's order), then metrics that only budgets name."""
+    out: Dict[str, Metric] = {}
+    for key, obj in cfg.objectives.items():
+        ck = canonical_key(cfg, key)
+        if ck in out:
+            raise HwnasError(f"objectives: {key!r} names the same metric as another objective")
+        dev = cfg.metric_device(key)
+        out[ck] = Metric(ck, split_metric(key)[0], dev.name if dev else None, obj.goal, obj.source)
+    for b in cfg.budgets:
+        ck = canonical_key(cfg, b.metric)
+        if ck not in out:
+            dev = cfg.metric_device(b.metric)
+            out[ck] = Metric(ck, split_metric(b.metric)[0], dev.name if dev else None, None, "measured")
+    return list(out.values())
+
+
+class SupernetMeasureTask:
+    """Measures metrics of one sub-network: ``task((config, keys)) -> ({key: value}, seconds)``.
+
+    Picklable and light: the supernet and the data load on first use, once per worker
+    process, so a Ray actor holding this task loads them once for all its candidates.
+    """
+
+    def __init__(self, checkpoint: str, data: str, devices: Sequence[DeviceConfig], metrics: Sequence[Metric],
+                 split: str = "val", calib_images: int = 1000, seed: int = 0):
+        self.checkpoint, self.data_spec = checkpoint, data
+        self.devices = {d.name: d for d in devices}
+        self.metrics = {m.key: m for m in metrics}
+        self.split, self.calib_images, self.seed = split, calib_images, seed
+        self._supernet = None
+        self._data = None
+
+    def __getstate__(self):  # ship settings, not loaded models
+        state = self.__dict__.copy()
+        state["_supernet"] = state["_data"] = None
+        return state
+
+    def load(self):
+        if self._supernet is None:
+            from hwnas.supernets import load_supernet
+            from hwnas.supernets.datasets import load_dataset
+
+            self._supernet = load_supernet(self.checkpoint)
+            self._data = load_dataset(self.data_spec)
+        return self._supernet, self._data
+
+    def __call__(self, request: Tuple[Dict, Sequence[str]]) -> Tuple[Dict[str, float], float]:
+        from hwnas.devices.backends import create_backend
+        from hwnas.modelstats import count_flops, count_params
+        from hwnas.supernets import subnet_accuracy
+
+        config, keys = request
+        supernet, data = self.load()
+        start = time.perf_counter()
+        values: Dict[str, float] = {}
+        model = None
+        for key in keys:
+            m = self.metrics[key]
+            if m.metric == "accuracy":
+                values[key] = subnet_accuracy(supernet, config, data, split=self.split,
+                                              calib_images=self.calib_images, seed=self.seed)
+                continue
+            if model is None:
+                model = supernet.extract(config).eval()
+            if m.metric == "params":
+                values[key] = float(count_params(model))
+            elif m.metric == "flops":
+                values[key] = float(count_flops(model, data.input_shape))
+            elif m.metric == "latency_ms":
+                dev = self.devices[m.device]
+                backend = create_backend(dev.backend, batch_size=dev.batch_size, threads=dev.threads,
+                                         warmup=dev.warmup, repeats=dev.repeats)
+                values[key] = backend.measure(model, data.input_shape).latency_ms
+            else:
+                raise HwnasError(f"metric {m.metric!r} cannot be measured on a supernet space yet")
+        return values, time.perf_counter() - start
+
+
+def objective_matrix(values: List[Dict[str, float]], metrics: Sequence[Metric]) -> np.ndarray:
+    """Rows of effective values -> the matrix pymoo minimises (objectives only)."""
+    objectives = [m for m in metrics if m.goal]
+    return np.array([[row[m.key] * m.sign for m in objectives] for row in values], dtype=float).reshape(
+        len(values), len(objectives))
+
+
+def budget_slack(values: List[Dict[str, float]], cfg: ExperimentConfig) -> np.ndarray:
+    """Constraint matrix (feasible where <= 0), scaled by the budget so budgets weigh alike."""
+    cols = []
+    for b in cfg.budgets:
+        key = canonical_key(cfg, b.metric)
+        v = np.array([row[key] for row in values], dtype=float)
+        slack = (v - b.value) if b.op == "<=" else (b.value - v)
+        cols.append(slack / abs(b.value))
+    return np.stack(cols, axis=1) if cols else np.zeros((len(values), 0))

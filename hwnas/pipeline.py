@@ -1,0 +1,267 @@
+"""The experiment pipeline: config -> space -> evaluators -> strategy -> store -> report.
+
+A run lives in one folder: ``config.yaml`` (the file as given), ``results.sqlite`` (every
+evaluated candidate) and the views written at the end. ``resume`` replays the seeded
+search; every candidate already stored is answered from the store, never re-evaluated.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .config import ExperimentConfig, load_config
+from .errors import HwnasError
+from .evaluation import Metric, SupernetMeasureTask, budget_slack, experiment_metrics, objective_matrix
+from .executors import create_executor
+from .store import Candidate, ResultsStore
+
+CONFIG_NAME = "config.yaml"
+STORE_NAME = "results.sqlite"
+# Re-measuring a front whose predictions were optimistic can pull in new members; cap the rounds.
+MAX_FRONT_ROUNDS = 20
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    n_candidates: int
+    n_front: int
+    wall_time_s: float
+    front: List[Candidate]
+
+
+class Experiment:
+    """One search run in ``run_dir``; built by :func:`start_run` or :func:`resume_run`."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, progress=None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.store = ResultsStore(self.run_dir / STORE_NAME)
+        self.metrics: List[Metric] = experiment_metrics(cfg)
+        self.space_backend = create_space_backend(cfg, self.metrics)
+        self.space = self.space_backend.space
+        self.predictors: Dict[str, object] = {}
+        self.progress = progress
+
+    # --- evaluation -----------------------------------------------------------------------
+    def evaluate(self, genomes: np.ndarray, generation: int, sources: Optional[Dict[str, str]] = None):
+        """Make sure every genome has a value for every metric; return (F, G) for pymoo.
+
+        ``sources`` overrides how each metric is obtained (the front re-measurement asks
+        for ``measured`` everywhere). Stored values are reused, never recomputed.
+        """
+        sources = sources or {m.key: m.source for m in self.metrics}
+        stored = self.store.by_key()
+        to_measure, to_predict = [], []
+        unique = {self.space.key(g): g for g in genomes}  # a batch may repeat a genome
+        for key, genome in unique.items():
+            cand = stored.get(key)
+            if cand is None:
+                config = self.space_backend.decode(genome)
+                cid = self.store.add_candidate(key, genome, config, generation)
+                cand = stored[key] = Candidate(cid, key, [int(g) for g in genome], config, generation)
+            have = set(cand.measured) | set(cand.predicted)
+            missing_measured = [k for k, s in sources.items() if s == "measured" and k not in cand.measured]
+            missing_predicted = [k for k, s in sources.items() if s == "predicted" and k not in have]
+            if missing_measured:
+                to_measure.append((cand, missing_measured))
+            if missing_predicted:
+                to_predict.append((cand, missing_predicted))
+        measured_keys = {c.key for c, _ in to_measure}
+        if to_measure:
+            requests = [(c.config, keys) for c, keys in to_measure]
+            for (cand, _), (values, seconds) in zip(to_measure, self.space_backend.measure(requests)):
+                self.store.record(cand.id, values, "measured", seconds)
+                cand.measured.update(values)
+                self._advance(1)
+        if to_predict:
+            self._predict(to_predict)
+        self._advance(len(set(unique) - measured_keys))
+        rows = [self._effective(stored[self.space.key(g)]) for g in genomes]
+        return objective_matrix(rows, self.metrics), budget_slack(rows, self.cfg)
+
+    def _predict(self, items):
+        """Predict missing values in one vectorised call per metric; store them per candidate."""
+        start = time.perf_counter()
+        values: Dict[int, Dict[str, float]] = {}
+        for key in {k for _, keys in items for k in keys}:
+            cands = [c for c, keys in items if key in keys]
+            X = self.space.features(np.array([c.genome for c in cands]))
+            for cand, value in zip(cands, self._predictor(key).predict(X)):
+                values.setdefault(cand.id, {})[key] = float(value)
+        seconds = (time.perf_counter() - start) / len(items)
+        for cand, _ in items:
+            self.store.record(cand.id, values[cand.id], "predicted", seconds)
+            cand.predicted.update(values[cand.id])
+
+    def _predictor(self, key: str):
+        """The predictor of ``key``, fitted on the initial measured candidates (deterministic)."""
+        if key not in self.predictors:
+            from hwnas.predictors import AccuracyPredictor
+
+            samples = [c for c in self.store.candidates() if c.generation == 0 and key in c.measured]
+            if len(samples) < 4:
+                raise HwnasError(f"cannot predict {key}: only {len(samples)} measured samples")
+            X = self.space.features(np.array([c.genome for c in samples]))
+            y = np.array([c.measured[key] for c in samples])
+            self.predictors[key] = AccuracyPredictor(random_state=self.cfg.strategy.seed).fit(X, y)
+        return self.predictors[key]
+
+    def _effective(self, cand: Candidate) -> Dict[str, float]:
+        return {m.key: cand.value(m.key) for m in self.metrics}
+
+    def _advance(self, n: int):
+        if self.progress is not None and n:
+            self.progress(n)
+
+    # --- the run ------------------------------------------------------------------------------
+    def initial_samples(self) -> np.ndarray:
+        """Seeded random genomes measured in full before the search (generation 0).
+
+        They fit the predictors of predicted metrics; without predicted metrics none are needed.
+        """
+        if all(m.source == "measured" for m in self.metrics):
+            return np.zeros((0, self.space.n_var), dtype=int)
+        rng = np.random.default_rng(self.cfg.strategy.seed + 7919)
+        n = min(self.cfg.strategy.initial_samples, self.space.size)
+        genomes, seen = [], set()
+        # Include the extremes: predictors extrapolate badly beyond what they saw.
+        for g in [self.space.smallest(), self.space.largest()]:
+            genomes.append(g)
+            seen.add(self.space.key(g))
+        while len(genomes) < n:
+            g = self.space.sample(rng, 1)[0]
+            if self.space.key(g) not in seen:
+                seen.add(self.space.key(g))
+                genomes.append(g)
+        return np.array(genomes[:n], dtype=int)
+
+    def run(self) -> RunSummary:
+        from hwnas.search import STRATEGIES, ExperimentProblem
+
+        start = time.time()
+        self.store.set_meta("status", "running")
+        all_measured = {m.key: "measured" for m in self.metrics}
+        init = self.initial_samples()
+        if len(init):
+            self.evaluate(init, generation=0, sources=all_measured)
+            self.store.record_generation(0)
+        problem = ExperimentProblem(self.space.upper, n_obj=sum(1 for m in self.metrics if m.goal),
+                                    n_constr=len(self.cfg.budgets), evaluate_batch=self.evaluate)
+        s = self.cfg.strategy
+        STRATEGIES.create(s.name, problem=problem, population=s.population, generations=s.generations,
+                          seed=s.seed, on_generation=self.store.record_generation)
+        front = self.final_front()
+        self.store.set_meta("status", "finished")
+        wall = time.time() - start + float(self.store.get_meta("wall_time_s", 0.0))
+        self.store.set_meta("wall_time_s", wall)
+        return RunSummary(self.run_dir, len(self.store.candidates()), len(front), wall, front)
+
+    def final_front(self) -> List[Candidate]:
+        """The feasible non-dominated candidates; with ``measure_front``, all of them measured.
+
+        Predictions can be optimistic: measuring the front can drop members and bring in
+        others, so repeat until every member is measured (bounded by MAX_FRONT_ROUNDS).
+        """
+        all_measured = {m.key: "measured" for m in self.metrics}
+        for _ in range(MAX_FRONT_ROUNDS if self.cfg.measure_front else 0):
+            front = self.front()
+            todo = [c for c in front if any(k not in c.measured for k in all_measured)]
+            if not todo:
+                return front
+            # Front members are stored already, so no new candidate (and no generation) arises.
+            self.evaluate(np.array([c.genome for c in todo]), generation=-1, sources=all_measured)
+        return self.front(measured_only=self.cfg.measure_front)
+
+    def front(self, measured_only: bool = False) -> List[Candidate]:
+        from hwnas.search import nondominated
+
+        cands = [c for c in self.store.candidates() if all(c.value(m.key) is not None for m in self.metrics)]
+        if measured_only:
+            cands = [c for c in cands if all(m.key in c.measured for m in self.metrics)]
+        if not cands:
+            return []
+        rows = [self._effective(c) for c in cands]
+        feasible = (budget_slack(rows, self.cfg) <= 0).all(axis=1)
+        cands = [c for c, ok in zip(cands, feasible) if ok]
+        if not cands:
+            return []
+        F = objective_matrix([self._effective(c) for c in cands], self.metrics)
+        # One row per distinct objective vector: ties are the same point of the front.
+        idx = sorted(nondominated(F), key=lambda i: tuple(F[i]))
+        return [cands[i] for i in idx]
+
+    def close(self):
+        self.space_backend.close()
+        self.store.close()
+
+
+class SupernetSpace:
+    """A supernet's architecture space; measurement fans out over the executor."""
+
+    def __init__(self, cfg: ExperimentConfig, metrics: Sequence[Metric]):
+        from hwnas.supernets import load_supernet
+
+        self.supernet = load_supernet(_resolve_checkpoint(cfg))
+        self.space = self.supernet.space
+        self.task = SupernetMeasureTask(_resolve_checkpoint(cfg), cfg.data, cfg.devices, metrics,
+                                        split=cfg.accuracy_eval.split, calib_images=cfg.accuracy_eval.calib_images,
+                                        seed=cfg.strategy.seed)
+        self.executor = create_executor(cfg.executor.kind, workers=cfg.executor.workers,
+                                        address=cfg.executor.address)
+
+    def decode(self, genome) -> Dict:
+        return self.space.decode(genome)
+
+    def describe(self, config: Dict) -> str:
+        return self.supernet.arch_key(config)
+
+    def measure(self, requests):
+        return self.executor.map(self.task, requests)
+
+    def close(self):
+        self.executor.shutdown()
+
+
+def _resolve_checkpoint(cfg: ExperimentConfig) -> str:
+    from hwnas.supernets import DEFAULT_CHECKPOINT
+
+    return str(DEFAULT_CHECKPOINT) if cfg.space.checkpoint == "default" else cfg.space.checkpoint
+
+
+def create_space_backend(cfg: ExperimentConfig, metrics: Sequence[Metric]):
+    if cfg.space.supernet is not None:
+        return SupernetSpace(cfg, metrics)
+    from .tabular_space import TabularSpace
+
+    return TabularSpace(cfg, metrics)
+
+
+# --- run folders --------------------------------------------------------------------------------
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    return Path("runs") / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(cfg: ExperimentConfig, config_path: Path, out: Optional[Path]) -> Path:
+    run_dir = Path(out or cfg.output or default_run_dir(cfg))
+    if (run_dir / STORE_NAME).exists():
+        raise HwnasError(f"{run_dir}: already holds a run; use 'hwnas resume {run_dir}' or choose another --out")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise HwnasError(f"{run_dir}: folder exists and is not empty; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config_path, run_dir / CONFIG_NAME)
+    return run_dir
+
+
+def load_run_config(run_dir: Path) -> ExperimentConfig:
+    run_dir = Path(run_dir)
+    if not (run_dir / STORE_NAME).is_file() or not (run_dir / CONFIG_NAME).is_file():
+        raise HwnasError(f"{run_dir}: not a run folder (needs {CONFIG_NAME} and {STORE_NAME})")
+    return load_config(run_dir / CONFIG_NAME)

@@ -1,0 +1,175 @@
+"""Views of a run written from its store: CSVs, hypervolume history, plots and report.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from .evaluation import Metric, budget_slack, objective_matrix
+from .store import Candidate
+
+
+def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe) -> List[Dict]:
+    rows = []
+    for c in cands:
+        row = {"id": c.id, "arch": describe(c.config), "generation": c.generation,
+               "config": json.dumps(c.config, sort_keys=True)}
+        for m in metrics:
+            row[m.key] = c.value(m.key)
+            row[f"{m.key}_source"] = c.source(m.key)
+        row["eval_seconds"] = round(c.wall_time_s, 4)
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: List[Dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    tmp.replace(path)  # never leave a half-written view behind
+
+
+def hypervolume_history(exp) -> List[tuple]:
+    """(generation, candidates so far, HV) per finished generation.
+
+    Objectives are normalised by the ideal and nadir of the feasible candidates of the
+    whole run (reference point 1.1), so the curve is comparable across generations.
+    """
+    from hwnas.search import nondominated, normalized_hypervolume
+
+    cands = [c for c in exp.store.candidates() if all(c.value(m.key) is not None for m in exp.metrics)]
+    if not cands:
+        return []
+    rows = [exp._effective(c) for c in cands]
+    feasible = (budget_slack(rows, exp.cfg) <= 0).all(axis=1)
+    F = objective_matrix(rows, exp.metrics)
+    gens = np.array([c.generation for c in cands])
+    if not feasible.any():
+        return [(g, int((gens <= g).sum()), 0.0) for g in exp.store.finished_generations()]
+    ideal, nadir = F[feasible].min(axis=0), F[feasible].max(axis=0)
+    history = []
+    for g in exp.store.finished_generations():
+        mask = feasible & (gens >= 0) & (gens <= g)
+        front = F[mask][nondominated(F[mask])] if mask.any() else F[:0]
+        history.append((g, int(((gens >= 0) & (gens <= g)).sum()), normalized_hypervolume(front, ideal, nadir)))
+    return history
+
+
+def plot_pareto(path: Path, exp, front: Sequence[Candidate]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objectives = [m for m in exp.metrics if m.goal][:2]
+    cands = [c for c in exp.store.candidates() if all(c.value(m.key) is not None for m in objectives)]
+    rows = [exp._effective(c) for c in cands]
+    feasible = (budget_slack(rows, exp.cfg) <= 0).all(axis=1) if rows else np.zeros(0, bool)
+    x, y = objectives[1], objectives[0]  # cost on x, quality (usually accuracy) on y
+    fig, ax = plt.subplots(figsize=(7, 5))
+    xs = np.array([r[x.key] for r in rows])
+    ys = np.array([r[y.key] for r in rows])
+    ax.scatter(xs[~feasible], ys[~feasible], s=10, c="lightgray", label="over budget")
+    ax.scatter(xs[feasible], ys[feasible], s=12, c="tab:blue", alpha=0.6, label="evaluated")
+    fx = [c.value(x.key) for c in front]
+    fy = [c.value(y.key) for c in front]
+    order = np.argsort(fx)
+    ax.plot(np.array(fx)[order], np.array(fy)[order], "-o", c="tab:red", label="Pareto front")
+    for b in exp.cfg.budgets:
+        from .evaluation import canonical_key
+
+        key = canonical_key(exp.cfg, b.metric)
+        if key == x.key:
+            ax.axvline(b.value, ls="--", c="k", lw=1, label=b.text)
+        elif key == y.key:
+            ax.axhline(b.value, ls="--", c="k", lw=1, label=b.text)
+    ax.set_xlabel(f"{x.key} ({x.goal})")
+    ax.set_ylabel(f"{y.key} ({y.goal})")
+    ax.set_title(f"{exp.cfg.name}: {len(cands)} candidates, {len(front)} on the front")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_hv(path: Path, history) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if history:
+        g, _, hv = zip(*history)
+        ax.plot(g, hv, "-o")
+    ax.set_xlabel("generation (0 = initial samples)")
+    ax.set_ylabel("hypervolume (normalised, ref 1.1)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
+    """Write candidates.csv, front.csv, pareto.png, hv.png and report.md into the run folder."""
+    run_dir, cfg = exp.run_dir, exp.cfg
+    describe = exp.space_backend.describe
+    cands = exp.store.candidates()
+    write_csv(run_dir / "candidates.csv", _rows(cands, exp.metrics, describe))
+    front_rows = _rows(front, exp.metrics, describe)
+    write_csv(run_dir / "front.csv", front_rows)
+    history = hypervolume_history(exp)
+    plot_pareto(run_dir / "pareto.png", exp, front)
+    plot_hv(run_dir / "hv.png", history)
+
+    objectives = ", ".join(f"{m.key} ({m.goal}, {m.source})" for m in exp.metrics if m.goal)
+    budgets = ", ".join(b.text for b in cfg.budgets) or "none"
+    space = (f"supernet `{cfg.space.supernet}` (checkpoint `{cfg.space.checkpoint}`)" if cfg.space.supernet
+             else f"tabular `{cfg.space.tabular_space}` (`{cfg.space.table}`)")
+    lines = [
+        f"# {cfg.name}",
+        "",
+        f"- space: {space}; dimensions: {', '.join(cfg.space.dimensions)}; "
+        f"{exp.space.n_var} variables, {exp.space.size:.3g} sub-networks",
+        f"- data: `{cfg.data}` (accuracy on the `{cfg.accuracy_eval.split}` split)",
+        f"- devices: " + ", ".join(f"{d.name} ({d.backend}, batch {d.batch_size}, {d.threads} thread(s))"
+                                   for d in cfg.devices),
+        f"- objectives: {objectives}",
+        f"- budgets: {budgets}",
+        f"- strategy: {cfg.strategy.name}, population {cfg.strategy.population}, "
+        f"generations {cfg.strategy.generations}, seed {cfg.strategy.seed}; executor {cfg.executor.kind}",
+        f"- evaluated: {len(cands)} distinct candidates in {wall_time_s:.1f} s; "
+        f"{len(front)} on the front (feasible and non-dominated"
+        + (", every value measured)" if cfg.measure_front else ")"),
+        "",
+        "## Pareto front",
+        "",
+    ]
+    keys = [m.key for m in exp.metrics]
+    lines.append("| id | arch | " + " | ".join(keys) + " |")
+    lines.append("|---|---|" + "---|" * len(keys))
+    for r in front_rows:
+        vals = [f"{_fmt(r[k])}{'' if r[k + '_source'] == 'measured' else ' (pred.)'}" for k in keys]
+        lines.append(f"| {r['id']} | `{r['arch']}` | " + " | ".join(vals) + " |")
+    lines += ["", "![Pareto front](pareto.png)", "", "## Hypervolume per generation", "",
+              "| generation | candidates | hypervolume |", "|---|---|---|"]
+    lines += [f"| {g} | {n} | {hv:.4f} |" for g, n, hv in history]
+    lines += ["", "![Hypervolume](hv.png)", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,575 @@
+"""Tabular benchmark spaces: NAS-Bench-201, FBNet and OFA-MobileNetV3 tables of measured metrics.
+
+A table is a CSV (optionally gzipped) with one row per architecture: an ``arch_idx``, the
+architecture (``arch_str`` for NB201, ``arch_key`` for FBNet/OFA) and metric columns such as
+``<device>_latency_ms``. :class:`TabularBenchmark` maps rows to genomes of a
+:class:`hwnas.space.SearchSpace` so search strategies and predictors run on the table.
+
+Each space also gives predictor features and an analytical MAC count (used by the FLOPs
+baseline). Those depend only on the genome, never on the table, so a predictor trained on a
+table can score genomes the table does not hold.
+
+MAC conventions (multiply-accumulates of conv / linear layers; BN, activations and additions
+are ignored, pooling counts one op per window element):
+
+* NB201: the standard macro for CIFAR (32x32 input): stem 3x3 conv to 16 channels, three
+  stages of N=5 cells with C=16/32/64 at 32/16/8 px, a ResNet basic block (3x3 s2 conv,
+  3x3 conv, avg-pool + 1x1 shortcut) between stages, and a 64->10 classifier. Every edge
+  runs, also edges whose result does not reach the output, as in NB201's implementation.
+* FBNet (HELP / HW-NAS-Bench CIFAR-100 setting): 32x32 input, 3x3 stem to 16 channels at
+  stride 1, 22 blocks in stages (channels, blocks, first stride) = (16,1,1) (24,4,1) (32,4,2)
+  (64,4,2) (112,4,1) (184,4,2) (352,1,1), then 1x1 conv to 1504 and a 100-way classifier.
+  A block ``k<k>_e<e>[_g<g>]`` is an inverted residual: grouped 1x1 expand (x e), k x k
+  depthwise (carrying the stride), grouped 1x1 project. ``skip`` is free when shapes match,
+  otherwise a 1x1 projection (an approximation of the stage-entry skip).
+* OFA-MobileNetV3: input r x r, 3x3 s2 stem to 16 channels, a fixed 3x3 depthwise block,
+  five stages (24,40,80,112,160 channels, strides 2,2,2,1,2, squeeze-excite in stages
+  2, 4, 5) of which the first ``d`` of 4 block slots run, each an inverted residual with
+  kernel ``ks`` and expansion ``e``; then 1x1 to 960, pooling, 960->1280->1000.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from .errors import HwnasError
+from .space import Choice, SearchSpace
+
+LATENCY_SUFFIX = "_latency_ms"
+TABLE_FILES = {"nb201": "nb201.csv.gz", "fbnet": "fbnet.csv.gz", "ofa_mbv3": "ofa.csv.gz"}
+
+# HELP's fixed reference architectures (arch_idx) whose latencies form the hardware embedding.
+REFERENCE_ARCHS = {
+    "nb201": (11982, 431, 55, 9, 14451, 8636, 9881, 13479, 6196, 1462),
+    "fbnet": (3328, 3790, 3313, 890, 3052, 2538, 1640, 2514, 457, 2100),
+    "ofa_mbv3": (1316, 1587, 1621, 1636, 1980, 2329, 2487, 3355, 3740, 4948),
+}
+
+
+def default_data_dir() -> Path:
+    """``$HWNAS_SHARED/data/hwnas-bench`` or ``<repo>/../shared/data/hwnas-bench``."""
+    shared = os.environ.get("HWNAS_SHARED")
+    root = Path(shared) if shared else Path(__file__).resolve().parents[1] / ".." / "shared"
+    return (root / "data" / "hwnas-bench").resolve()
+
+
+def _onehot(G: np.ndarray, n: int) -> np.ndarray:
+    """(rows, genes) ints in [0, n) -> (rows, genes * n) one-hot."""
+    out = np.zeros((G.shape[0], G.shape[1] * n), dtype=np.float32)
+    rows = np.repeat(np.arange(G.shape[0]), G.shape[1])
+    out[rows, (np.arange(G.shape[1]) * n + G).reshape(-1)] = 1.0
+    return out
+
+
+def _as_genomes(genomes, n_var: int) -> np.ndarray:
+    G = np.asarray(genomes, dtype=np.int64)
+    if G.ndim == 1:
+        G = G[None, :]
+    if G.ndim != 2 or G.shape[1] != n_var:
+        raise HwnasError(f"genomes must have shape (n, {n_var}), got {np.shape(genomes)}")
+    return G
+
+
+class TabularSpace:
+    """Genome encoding of one benchmark's architectures (no data): parse, format, features."""
+
+    name: str = ""
+    arch_column: str = ""
+    space: SearchSpace
+
+    def arch_to_genome(self, arch: str) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def genome_to_arch(self, genome: Sequence[int]) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def macs(self, genomes) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def features(self, genomes) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def additive_features(self, genomes) -> np.ndarray:
+        """Per-layer indicators for an additive (lookup-table) cost model."""
+        G = _as_genomes(genomes, self.space.n_var)
+        return _onehot(G, int(self.space.upper.max()) + 1)
+
+    def check(self, genomes) -> np.ndarray:
+        G = _as_genomes(genomes, self.space.n_var)
+        if (G < 0).any() or (G > self.space.upper).any():
+            raise HwnasError(f"genome out of bounds for space {self.name!r}")
+        return G
+
+    def spec(self) -> dict:
+        """JSON-able description that :func:`space_from_spec` turns back into this space."""
+        return {"name": self.name}
+
+
+# --------------------------------------------------------------------------- NB201
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+NB201_EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))  # (from, to), string order
+
+
+class Nb201Space(TabularSpace):
+    name = "nb201"
+    arch_column = "arch_str"
+
+    def __init__(self):
+        self.space = SearchSpace(
+            [Choice(f"edge_{a}_{b}", NB201_OPS) for a, b in NB201_EDGES], name="nb201"
+        )
+        # All 5^6 cells are few, so features are precomputed once and looked up by code.
+        all_genomes = np.array(np.unravel_index(np.arange(5**6), (5,) * 6)).T
+        self._feature_table = self._compute_features(all_genomes)
+        self._macs_table = self._compute_macs(all_genomes)
+
+    def arch_to_genome(self, arch: str) -> np.ndarray:
+        nodes = arch.strip().strip("|").split("|+|") if isinstance(arch, str) else []
+        genome = []
+        try:
+            if len(nodes) != 3:
+                raise ValueError
+            for target, node in enumerate(nodes, start=1):
+                tokens = node.split("|")
+                if len(tokens) != target:
+                    raise ValueError
+                for source, token in enumerate(tokens):
+                    op, src = token.split("~")
+                    if int(src) != source:
+                        raise ValueError
+                    genome.append(NB201_OPS.index(op))
+        except ValueError:
+            raise HwnasError(
+                f"invalid NB201 arch string {arch!r}; expected like "
+                "'|nor_conv_3x3~0|+|skip_connect~0|none~1|+|...~0|...~1|...~2|'"
+            ) from None
+        return np.array(genome, dtype=np.int64)
+
+    def genome_to_arch(self, genome: Sequence[int]) -> str:
+        g = self.check(genome)[0]
+        ops = [NB201_OPS[i] for i in g]
+        nodes = [ops[0:1], ops[1:3], ops[3:6]]
+        return "|" + "|+|".join("|".join(f"{op}~{j}" for j, op in enumerate(n)) for n in nodes) + "|"
+
+    @staticmethod
+    def _code(G: np.ndarray) -> np.ndarray:
+        return np.ravel_multi_index(G.T, (5,) * 6)
+
+    @staticmethod
+    def live_edges(G: np.ndarray) -> np.ndarray:
+        """(n, 6) bool: edge is not ``none`` and lies on an input -> output path."""
+        on = G != 0
+        e01, e02, e12, e03, e13, e23 = on.T
+        reach1 = e01
+        reach2 = e02 | (reach1 & e12)
+        # feeds[k]: node k reaches node 3 through non-none edges
+        feeds2 = e23
+        feeds1 = e13 | (e12 & feeds2)
+        from_in = np.stack([np.ones_like(e01), np.ones_like(e01), reach1, np.ones_like(e01), reach1, reach2], 1)
+        to_out = np.stack([feeds1, feeds2, feeds2, np.ones_like(e01), np.ones_like(e01), np.ones_like(e01)], 1)
+        return on & from_in & to_out
+
+    def _compute_macs(self, G: np.ndarray) -> np.ndarray:
+        per_op_unit = np.array([0.0, 0.0, 1.0, 9.0, 0.0])  # x H*W*C*C
+        pool_unit = np.array([0.0, 0.0, 0.0, 0.0, 9.0])  # x H*W*C
+        total = np.full(G.shape[0], 32 * 32 * 3 * 16 * 9, dtype=float)  # stem
+        for c, h in ((16, 32), (32, 16), (64, 8)):
+            cell = (per_op_unit[G] * h * h * c * c + pool_unit[G] * h * h * c).sum(1)
+            total += 5 * cell
+        for cin, cout, h in ((16, 32, 16), (32, 64, 8)):  # reduction blocks, output size h
+            total += h * h * (cin * cout * 9 + cout * cout * 9 + cin * cout + cin * 4)
+        return total + 64 * 10
+
+    def _compute_features(self, G: np.ndarray) -> np.ndarray:
+        live = self.live_edges(G)
+        onehot = _onehot(G, 5)
+        live_onehot = onehot * np.repeat(live, 5, axis=1)
+        counts = np.stack([(G == k).sum(1) for k in range(5)], 1) / 6.0
+        live_counts = np.stack([((G == k) & live).sum(1) for k in range(5)], 1) / 6.0
+        connected = live.any(1, keepdims=True)
+        macs = self._compute_macs(G)
+        log_macs = (np.log(macs) - np.log(macs.min()))[:, None] / 4.0
+        return np.concatenate(
+            [onehot, live_onehot, counts, live_counts, connected, log_macs], 1
+        ).astype(np.float32)
+
+    def macs(self, genomes) -> np.ndarray:
+        return self._macs_table[self._code(self.check(genomes))]
+
+    def features(self, genomes) -> np.ndarray:
+        return self._feature_table[self._code(self.check(genomes))]
+
+
+# --------------------------------------------------------------------------- FBNet
+FBNET_OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
+FBNET_STAGES = ((16, 1, 1), (24, 4, 1), (32, 4, 2), (64, 4, 2), (112, 4, 1), (184, 4, 2), (352, 1, 1))
+
+
+def _fbnet_layout():
+    """Per block: (c_in, c_out, stride, input size) for a 32x32 input."""
+    layout, c_in, h = [], 16, 32
+    for c_out, n, stride in FBNET_STAGES:
+        for i in range(n):
+            s = stride if i == 0 else 1
+            layout.append((c_in, c_out, s, h))
+            c_in, h = c_out, -(-h // s)
+    return layout
+
+
+class FbnetSpace(TabularSpace):
+    name = "fbnet"
+    arch_column = "arch_key"
+
+    def __init__(self):
+        self.space = SearchSpace([Choice(f"block_{i}", FBNET_OPS) for i in range(22)], name="fbnet")
+        table = np.zeros((22, len(FBNET_OPS)))
+        for b, (cin, cout, s, h) in enumerate(_fbnet_layout()):
+            ho = -(-h // s)
+            for j, op in enumerate(FBNET_OPS):
+                if op == "skip":
+                    table[b, j] = 0.0 if (cin == cout and s == 1) else ho * ho * cin * cout
+                    continue
+                m = re.fullmatch(r"k(\d)_e(\d)(?:_g(\d))?", op)
+                k, e, g = int(m[1]), int(m[2]), int(m[3] or 1)
+                hidden = cin * e
+                table[b, j] = h * h * cin * hidden / g + ho * ho * hidden * k * k + ho * ho * hidden * cout / g
+        self.block_macs = table  # (22, 9)
+        h_out = _fbnet_layout()[-1][3]
+        self.fixed_macs = 32 * 32 * 3 * 16 * 9 + h_out * h_out * 352 * 1504 + 1504 * 100
+        self._block_scale = table.max(1, keepdims=True).T  # (1, 22)
+
+    def arch_to_genome(self, arch: str) -> np.ndarray:
+        parts = arch.strip().split("-") if isinstance(arch, str) else []
+        if len(parts) != 22 or any(p not in FBNET_OPS for p in parts):
+            raise HwnasError(
+                f"invalid FBNet arch key {arch!r}; expected 22 of {', '.join(FBNET_OPS)} joined by '-'"
+            )
+        return np.array([FBNET_OPS.index(p) for p in parts], dtype=np.int64)
+
+    def genome_to_arch(self, genome: Sequence[int]) -> str:
+        return "-".join(FBNET_OPS[i] for i in self.check(genome)[0])
+
+    def _per_block(self, G: np.ndarray) -> np.ndarray:
+        return self.block_macs[np.arange(22)[None, :], G]
+
+    def macs(self, genomes) -> np.ndarray:
+        return self._per_block(self.check(genomes)).sum(1) + self.fixed_macs
+
+    def features(self, genomes) -> np.ndarray:
+        G = self.check(genomes)
+        per_block = self._per_block(G)
+        total = per_block.sum(1) + self.fixed_macs
+        counts = np.stack([(G == k).sum(1) for k in range(len(FBNET_OPS))], 1) / 22.0
+        log_macs = (np.log(total) - np.log(self.fixed_macs))[:, None] / 4.0
+        return np.concatenate(
+            [_onehot(G, len(FBNET_OPS)), per_block / self._block_scale, counts, log_macs], 1
+        ).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- OFA MobileNetV3
+OFA_KERNELS = (3, 5, 7)
+OFA_EXPANDS = (3, 4, 6)
+OFA_DEPTHS = (2, 3, 4)
+OFA_STAGES = ((24, 2, False), (40, 2, True), (80, 2, False), (112, 1, True), (160, 2, True))
+_OFA_KEY = re.compile(r"ks=([357]{20});e=([346]{20});d=([234]{5});r=(\d+)")
+
+
+class OfaSpace(TabularSpace):
+    """Genes: 20 kernel slots, 20 expand slots, 5 stage depths, input resolution."""
+
+    name = "ofa_mbv3"
+    arch_column = "arch_key"
+
+    def __init__(self, resolutions: Sequence[int] = tuple(range(128, 225, 4))):
+        self.resolutions = tuple(sorted(int(r) for r in resolutions))
+        self.space = SearchSpace(
+            [Choice(f"ks_{i}", OFA_KERNELS) for i in range(20)]
+            + [Choice(f"e_{i}", OFA_EXPANDS) for i in range(20)]
+            + [Choice(f"d_{i}", OFA_DEPTHS) for i in range(5)]
+            + [Choice("r", self.resolutions)],
+            name="ofa_mbv3",
+        )
+        largest = self.space.largest()[None, :]
+        self._per_pixel_scale = float(self._block_macs(largest)[0].max() / float(self.resolutions[-1]) ** 2)
+
+    def spec(self) -> dict:
+        return {"name": self.name, "resolutions": list(self.resolutions)}
+
+    def arch_to_genome(self, arch: str) -> np.ndarray:
+        m = _OFA_KEY.fullmatch(arch.strip()) if isinstance(arch, str) else None
+        if m is None or int(m[4]) not in self.resolutions:
+            raise HwnasError(
+                f"invalid OFA arch key {arch!r}; expected 'ks=<20 of 3/5/7>;e=<20 of 3/4/6>;"
+                f"d=<5 of 2/3/4>;r=<one of {list(self.resolutions)}>'"
+            )
+        ks = [OFA_KERNELS.index(int(c)) for c in m[1]]
+        es = [OFA_EXPANDS.index(int(c)) for c in m[2]]
+        ds = [OFA_DEPTHS.index(int(c)) for c in m[3]]
+        return np.array(ks + es + ds + [self.resolutions.index(int(m[4]))], dtype=np.int64)
+
+    def genome_to_arch(self, genome: Sequence[int]) -> str:
+        g = self.check(genome)[0]
+        ks = "".join(str(OFA_KERNELS[i]) for i in g[:20])
+        es = "".join(str(OFA_EXPANDS[i]) for i in g[20:40])
+        ds = "".join(str(OFA_DEPTHS[i]) for i in g[40:45])
+        return f"ks={ks};e={es};d={ds};r={self.resolutions[g[45]]}"
+
+    def _decode(self, G: np.ndarray):
+        k = np.asarray(OFA_KERNELS)[G[:, :20]]
+        e = np.asarray(OFA_EXPANDS)[G[:, 20:40]]
+        d = np.asarray(OFA_DEPTHS)[G[:, 40:45]]
+        r = np.asarray(self.resolutions)[G[:, 45]]
+        active = np.arange(4)[None, None, :] < d[:, :, None]  # (n, 5, 4)
+        return k, e, d, r, active.reshape(-1, 20)
+
+    def _block_macs(self, G: np.ndarray):
+        """(n, 20) MACs of each block slot (0 when inactive) and (n,) fixed-layer MACs."""
+        k, e, d, r, active = self._decode(G)
+        h = -(-r // 2)
+        fixed = h * h * (3 * 16 * 9 + 16 * 9 + 16 * 16)  # stem + first block
+        blocks = np.zeros(k.shape, dtype=float)
+        c_in = 16
+        for s, (c_out, stride, se) in enumerate(OFA_STAGES):
+            for i in range(4):
+                slot = 4 * s + i
+                st = stride if i == 0 else 1
+                cin = c_in if i == 0 else c_out
+                ho = -(-h // st)
+                hidden = cin * e[:, slot]
+                m = h * h * cin * hidden + ho * ho * hidden * k[:, slot] ** 2 + ho * ho * hidden * c_out
+                if se:
+                    m = m + 2 * hidden * (hidden // 4)
+                blocks[:, slot] = m
+                h = ho
+            c_in = c_out
+        fixed = fixed + h * h * 160 * 960 + 960 * 1280 + 1280 * 1000
+        return blocks * active, fixed
+
+    def macs(self, genomes) -> np.ndarray:
+        blocks, fixed = self._block_macs(self.check(genomes))
+        return blocks.sum(1) + fixed
+
+    def additive_features(self, genomes) -> np.ndarray:
+        """Active-slot kernel and expand indicators plus resolution (inactive slots cost 0)."""
+        G = self.check(genomes)
+        _, _, _, r, active = self._decode(G)
+        mask = np.repeat(active, 3, axis=1).astype(np.float32)
+        res = ((r - self.resolutions[0]) / max(1, self.resolutions[-1] - self.resolutions[0]))[:, None]
+        return np.concatenate(
+            [_onehot(G[:, :20], 3) * mask, _onehot(G[:, 20:40], 3) * mask, res, res**2], 1
+        ).astype(np.float32)
+
+    def features(self, genomes) -> np.ndarray:
+        G = self.check(genomes)
+        _, _, d, r, active = self._decode(G)
+        blocks, fixed = self._block_macs(G)
+        total = blocks.sum(1) + fixed
+        # Block MACs scale with r^2; dividing it out keeps block size and resolution apart.
+        per_block = blocks / (r[:, None].astype(float) ** 2) / self._per_pixel_scale
+        return np.concatenate(
+            [
+                self.additive_features(G),
+                active.astype(np.float32),
+                _onehot(G[:, 40:45], 3),
+                per_block,
+                (d - 2) / 2.0,
+                (r / 224.0)[:, None],
+                ((np.log(total) - np.log(5e7)) / 2.0)[:, None],
+            ],
+            1,
+        ).astype(np.float32)
+
+
+def space_from_spec(spec: dict) -> TabularSpace:
+    name = spec.get("name")
+    if name == "nb201":
+        return _nb201_space()
+    if name == "fbnet":
+        return _fbnet_space()
+    if name == "ofa_mbv3":
+        return OfaSpace(spec.get("resolutions", tuple(range(128, 225, 4))))
+    raise HwnasError(f"unknown tabular space {name!r}; known: {', '.join(TABLE_FILES)}")
+
+
+@lru_cache(maxsize=None)
+def _nb201_space() -> Nb201Space:
+    return Nb201Space()
+
+
+@lru_cache(maxsize=None)
+def _fbnet_space() -> FbnetSpace:
+    return FbnetSpace()
+
+
+# --------------------------------------------------------------------------- table
+def _read_csv(path: Path) -> Tuple[List[str], List[List[str]]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", newline="") as f:
+            rows = list(csv.reader(f))
+    except FileNotFoundError:
+        raise HwnasError(f"benchmark table not found: {path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise HwnasError(f"cannot read benchmark table {path}: {err}") from None
+    if not rows:
+        raise HwnasError(f"benchmark table {path} is empty")
+    return rows[0], rows[1:]
+
+
+def _to_float(values: Sequence[str]) -> np.ndarray | None:
+    try:
+        return np.array([float(v) if v != "" else np.nan for v in values], dtype=np.float64)
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Parsed:
+    columns: List[str]
+    arch_ids: List[str]
+    arch_idx: np.ndarray
+    numeric: Dict[str, np.ndarray]
+    text: Dict[str, List[str]]
+    resolutions: Tuple[int, ...]
+
+
+@lru_cache(maxsize=8)
+def _load_cached(space: str, path: str, mtime: float) -> "TabularBenchmark":
+    parsed = _parse(space, path, mtime)
+    if space == "ofa_mbv3":
+        tspace: TabularSpace = OfaSpace(parsed.resolutions or tuple(range(128, 225, 4)))
+    else:
+        tspace = space_from_spec({"name": space})
+    return TabularBenchmark(tspace, parsed, Path(path))
+
+
+def _parse(space_name: str, path: str, mtime: float) -> _Parsed:
+    header, rows = _read_csv(Path(path))
+    arch_column = {"nb201": "arch_str"}.get(space_name, "arch_key")
+    for needed in ("arch_idx", arch_column):
+        if needed not in header:
+            raise HwnasError(f"benchmark table {path} has no {needed!r} column (space {space_name})")
+    if any(len(r) != len(header) for r in rows):
+        raise HwnasError(f"benchmark table {path} has rows with a wrong number of fields")
+    cols = list(zip(*rows)) if rows else [()] * len(header)
+    numeric, text = {}, {}
+    for name, values in zip(header, cols):
+        as_float = None if name == arch_column or name == "op_idx" else _to_float(values)
+        if as_float is None:
+            text[name] = list(values)
+        else:
+            numeric[name] = as_float
+    arch_ids = text[arch_column]
+    resolutions: Tuple[int, ...] = ()
+    if space_name == "ofa_mbv3":
+        found = {m[4] for m in (_OFA_KEY.fullmatch(a) for a in arch_ids) if m}
+        resolutions = tuple(sorted(int(r) for r in found))
+    return _Parsed(header, arch_ids, numeric["arch_idx"].astype(np.int64), numeric, text, resolutions)
+
+
+class TabularBenchmark:
+    """One benchmark table bound to its search space.
+
+    ``genomes[i]`` is the genome of table row ``i``; ``lookup`` answers metric queries for
+    any genomes (NaN where the table has no such architecture or no value).
+    """
+
+    def __init__(self, tspace: TabularSpace, parsed: _Parsed, path: Path):
+        self.tspace = tspace
+        self.space: SearchSpace = tspace.space
+        self.name = tspace.name
+        self.path = path
+        self.columns: List[str] = list(parsed.columns)
+        self.arch_ids: List[str] = parsed.arch_ids
+        self.arch_idx: np.ndarray = parsed.arch_idx
+        self._numeric = parsed.numeric
+        self.genomes: np.ndarray = np.stack([tspace.arch_to_genome(a) for a in self.arch_ids]) if self.arch_ids else np.zeros((0, self.space.n_var), dtype=np.int64)
+        self._row_of = {g.tobytes(): i for i, g in enumerate(self.genomes)}
+        self._row_of_idx = {int(a): i for i, a in enumerate(self.arch_idx)}
+
+    @classmethod
+    def load(cls, space: str, path: str | os.PathLike | None = None) -> "TabularBenchmark":
+        """Load ``space`` (``nb201``, ``fbnet`` or ``ofa_mbv3``) from ``path`` (default: the shared data)."""
+        if space not in TABLE_FILES:
+            raise HwnasError(f"unknown tabular space {space!r}; known: {', '.join(TABLE_FILES)}")
+        p = Path(path) if path is not None else default_data_dir() / TABLE_FILES[space]
+        if p.is_dir():
+            p = p / TABLE_FILES[space]
+        if not p.is_file():
+            raise HwnasError(f"benchmark table not found: {p}")
+        p = p.resolve()
+        # Parsed tables are cached in-process (keyed by file and mtime); treat them as read-only.
+        return _load_cached(space, str(p), p.stat().st_mtime)
+
+    # --- columns ------------------------------------------------------------------
+    @property
+    def devices(self) -> List[str]:
+        """Device names of the ``<device>_latency_ms`` columns present in the table."""
+        return [c[: -len(LATENCY_SUFFIX)] for c in self.columns if c.endswith(LATENCY_SUFFIX)]
+
+    def column_name(self, column: str) -> str:
+        """Accept a column name or a device name (-> its latency column)."""
+        if column in self._numeric:
+            return column
+        if column + LATENCY_SUFFIX in self._numeric:
+            return column + LATENCY_SUFFIX
+        known = ", ".join(self.devices) or "(none)"
+        raise HwnasError(f"{self.path.name} has no numeric column or device {column!r}; devices: {known}")
+
+    def values(self, column: str) -> np.ndarray:
+        """The whole column, in row order (NaN = no measurement)."""
+        return self._numeric[self.column_name(column)]
+
+    # --- architectures --------------------------------------------------------------
+    def arch_to_genome(self, arch: str) -> np.ndarray:
+        return self.tspace.arch_to_genome(arch)
+
+    def genome_to_arch(self, genome: Sequence[int]) -> str:
+        return self.tspace.genome_to_arch(genome)
+
+    def rows(self, genomes) -> np.ndarray:
+        """Row index of each genome, -1 where the table does not hold it."""
+        G = _as_genomes(genomes, self.space.n_var)
+        return np.array([self._row_of.get(g.tobytes(), -1) for g in G], dtype=np.int64)
+
+    def rows_of_arch_idx(self, arch_idx: Sequence[int]) -> np.ndarray:
+        try:
+            return np.array([self._row_of_idx[int(a)] for a in arch_idx], dtype=np.int64)
+        except KeyError as err:
+            raise HwnasError(f"{self.path.name} has no arch_idx {err.args[0]}") from None
+
+    def lookup(self, genomes, column: str) -> np.ndarray:
+        values = self.values(column)
+        rows = self.rows(genomes)
+        out = np.full(rows.shape, np.nan)
+        out[rows >= 0] = values[rows[rows >= 0]]
+        return out
+
+    def reference_archs(self) -> np.ndarray:
+        """HELP's 10 reference ``arch_idx`` for this space (hardware-embedding architectures)."""
+        return np.array(REFERENCE_ARCHS[self.name], dtype=np.int64)
+
+    def reference_genomes(self) -> np.ndarray:
+        return self.genomes[self.rows_of_arch_idx(self.reference_archs())]
+
+    # --- predictor inputs ---------------------------------------------------------------
+    def features(self, genomes) -> np.ndarray:
+        return self.tspace.features(genomes)
+
+    def macs(self, genomes) -> np.ndarray:
+        return self.tspace.macs(genomes)
+
+    def __len__(self) -> int:
+        return len(self.arch_ids)
+
+    def __repr__(self) -> str:
+        return f"TabularBenchmark({self.name!r}, rows={len(self)}, devices={len(self.devices)})"

@@ -1,0 +1,5 @@
+"""Accuracy and cost predictors (scikit-learn estimator API)."""
+
+from .accuracy import ACCURACY_MODELS, AccuracyPredictor
+
+__all__ = ["ACCURACY_MODELS", "AccuracyPredictor"]

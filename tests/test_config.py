@@ -1,0 +1,102 @@
+"""Experiment YAML validation: valid files load; every bad file gets one clear line and exit 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hwnas.cli import main
+from hwnas.config import load_config, parse_config
+from hwnas.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {
+    "name": "t",
+    "space": {"supernet": "elastic_mbv3"},
+    "objectives": {"accuracy": "max", "latency_ms": {"goal": "min", "source": "measured"}},
+    "budgets": ["latency_ms <= 15"],
+}
+
+
+def write(tmp_path, data, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def with_change(path_keys, value):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    node = data
+    for k in path_keys[:-1]:
+        node = node.setdefault(k, {})
+    node[path_keys[-1]] = value
+    return data
+
+
+def test_quickstart_is_valid():
+    cfg = load_config(ROOT / "experiments" / "quickstart.yaml")
+    assert cfg.objectives["accuracy"].goal == "max"
+    assert cfg.budgets[0].metric == "latency_ms" and cfg.budgets[0].value == 15
+
+
+def test_short_forms():
+    cfg = parse_config({**BASE, "budgets": {"latency_ms": "<= 12", "params": 5e5}})
+    assert [(b.metric, b.op, b.value) for b in cfg.budgets] == [("latency_ms", "<=", 12), ("params", "<=", 5e5)]
+    assert cfg.objectives["accuracy"].source == "measured"
+
+
+@pytest.mark.parametrize("change, key, fragment", [
+    ((["space", "bogus"], 1), "space.bogus", "unknown key"),
+    ((["strategy", "population"], 1), "strategy.population", ">= 2"),
+    ((["strategy", "population"], "ten"), "strategy.population", "integer"),
+    ((["strategy", "name"], "cmaes"), "strategy.name", "nsga2"),
+    ((["objectives", "latncy_ms"], "min"), "objectives.latncy_ms", "allowed: accuracy"),
+    ((["objectives", "latency_ms@phone"], "min"), "objectives.latency_ms@phone", "not in devices"),
+    ((["budgets"], ["latency_ms < 3"]), "budgets[0]", "metric <= number"),
+    ((["budgets"], ["latency_ms <= -1"]), "budgets[0]", "never hold"),
+    ((["budgets"], ["accuracy >= 90"]), "budgets[0]", "fraction"),
+    ((["executor", "kind"], "dask"), "executor.kind", "local"),
+    ((["executor", "address"], "auto"), "executor", "only allowed with kind: ray"),
+    ((["space", "dimensions"], ["pruning"]), "space", "must include 'architecture'"),
+    ((["devices"], [{"name": "a"}, {"name": "a"}]), "devices", "twice"),
+])
+def test_bad_values_name_file_key_and_allowed(tmp_path, change, key, fragment):
+    path = write(tmp_path, with_change(*change))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: {key}"), msg
+    assert fragment in msg, msg
+    assert "\n" not in msg
+
+
+def test_missing_required_key(tmp_path):
+    data = dict(BASE)
+    del data["objectives"]
+    with pytest.raises(ConfigError, match="objectives: required key is missing"):
+        load_config(write(tmp_path, data))
+
+
+@pytest.mark.parametrize("text", ["name: [x\n", "- a\n- b\n", ""])
+def test_not_yaml_or_not_a_mapping(tmp_path, text):
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_exit_2_one_line_nothing_written(tmp_path, command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, with_change(["strategy", "population"], 0))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = subprocess.run([sys.executable, "-m", "hwnas.cli", command, str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "strategy.population" in lines[0] and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_validate_ok(capsys):
+    assert main(["validate", str(ROOT / "experiments" / "quickstart.yaml")]) == 0
+    assert "valid" in capsys.readouterr().out
