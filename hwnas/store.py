@@ -124,11 +124,14 @@ class ResultsStore:
         rows = self._db.execute(
             "SELECT id, key, genome, config, generation FROM candidates ORDER BY id").fetchall()
         by_id = {r[0]: Candidate(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4]) for r in rows}
-        for cid, name, source, value, wall in self._db.execute(
-                "SELECT candidate_id, name, source, value, wall_time_s FROM objectives"):
+        calls = set()  # one record() call shares its wall time among its values
+        for cid, name, source, value, wall, created in self._db.execute(
+                "SELECT candidate_id, name, source, value, wall_time_s, created_at FROM objectives"):
             cand = by_id[cid]
             (cand.measured if source == "measured" else cand.predicted)[name] = value
-            cand.wall_time_s += wall
+            if (cid, source, created) not in calls:
+                calls.add((cid, source, created))
+                cand.wall_time_s += wall
         out = list(by_id.values())
         if keys is not None:
             wanted = set(keys)
