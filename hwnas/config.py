@@ -22,6 +22,7 @@ DIMENSIONS = ("architecture", "pruning", "quantization")
 STRATEGIES = ("nsga2", "random")
 BACKENDS = ("torch-cpu",)
 TABULAR_SPACES = ("nb201", "fbnet", "ofa_mbv3")
+TABLE_DATA = ("cifar10", "cifar100", "imagenet16")  # accuracy columns of the NB201 table
 
 
 class _Model(BaseModel):
@@ -55,7 +56,7 @@ class SpaceConfig(_Model):
 
 class DeviceConfig(_Model):
     name: str = Field(min_length=1)
-    backend: Literal["torch-cpu"] = "torch-cpu"
+    backend: Literal["torch-cpu", "table"] = "torch-cpu"  # "table": values read from a benchmark table
     batch_size: int = Field(default=1, ge=1, le=4096)
     threads: int = Field(default=1, ge=1, le=256)
     warmup: int = Field(default=3, ge=0, le=1000)
@@ -152,6 +153,13 @@ class ExperimentConfig(_Model):
                 raise ValueError(f"{where}: {metric} needs a device backend with energy/power; allowed now: latency_ms")
             if self.space.table is not None and obj.source == "predicted" and metric != "accuracy":
                 raise ValueError(f"{where}: source 'predicted' on a tabular space is only for accuracy")
+        if self.space.table is not None:
+            for key in list(self.objectives) + [b.metric for b in self.budgets]:
+                metric = split_metric(key)[0]
+                if metric == "accuracy" and self.data not in TABLE_DATA:
+                    raise ValueError(f"data: a table's accuracy is for one of {', '.join(TABLE_DATA)}; got {self.data!r}")
+                if metric in ("params", "energy_mJ", "power_W"):
+                    raise ValueError(f"objectives.{key}: not in benchmark tables; allowed: accuracy, latency_ms, flops")
         if len(self.objectives) < 2:
             raise ValueError("objectives: a multi-objective search needs at least two objectives")
         for i, b in enumerate(self.budgets):
@@ -236,4 +244,32 @@ def load_config(path: Union[str, Path]) -> ExperimentConfig:
         raise ConfigError(path, "", f"{where}{problem} (not valid YAML)") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "not a UTF-8 text file") from None
-    return parse_config(data, path)
+    cfg = parse_config(data, path)
+    check_references(cfg, path)
+    return cfg
+
+
+def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
+    """Names and files the config refers to must exist (checked before anything runs).
+
+    Relative paths are taken from the current directory, as on the command line.
+    """
+    if cfg.space.supernet is not None:
+        from hwnas.supernets import names as supernet_names
+
+        known = supernet_names()
+        if cfg.space.supernet not in known:
+            raise ConfigError(path, "space.supernet", f"unknown supernet {cfg.space.supernet!r}; allowed: {', '.join(known)}")
+        if cfg.space.checkpoint != "default" and not Path(cfg.space.checkpoint).is_file():
+            raise ConfigError(path, "space.checkpoint", f"no such file {cfg.space.checkpoint!r}; give a path or 'default'")
+        name, _, folder = cfg.data.partition(":")
+        if name not in DATASETS:
+            raise ConfigError(path, "data", f"unknown data set {cfg.data!r}; allowed: {', '.join(DATASETS)} "
+                                            f"(fashion-mnist:PATH, mnist:PATH read local IDX folders)")
+        if DATASETS[name] and not (folder and Path(folder).is_dir()):
+            raise ConfigError(path, "data", f"{name} needs a local folder: '{name}:PATH' (got {cfg.data!r})")
+    elif not Path(cfg.space.table).is_file():
+        raise ConfigError(path, "space.table", f"no such file {cfg.space.table!r}")
+
+
+DATASETS = {"fmnist-mini": False, "fashion-mnist": True, "mnist": True}  # name -> needs a folder

@@ -81,10 +81,10 @@ class SupernetMeasureTask:
 
     def load(self):
         if self._supernet is None:
-            from hwnas.supernets import load_supernet
+            from hwnas.supernets import load_checkpoint
             from hwnas.supernets.datasets import load_dataset
 
-            self._supernet = load_supernet(self.checkpoint)
+            self._supernet = load_checkpoint(self.checkpoint)
             self._data = load_dataset(self.data_spec)
         return self._supernet, self._data
 

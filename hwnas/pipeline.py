@@ -58,6 +58,7 @@ class Experiment:
         for ``measured`` everywhere). Stored values are reused, never recomputed.
         """
         sources = sources or {m.key: m.source for m in self.metrics}
+        genomes = self.space_backend.canonical(np.asarray(genomes, dtype=int))
         stored = self.store.by_key()
         to_measure, to_predict = [], []
         unique = {self.space.key(g): g for g in genomes}  # a batch may repeat a genome
@@ -207,9 +208,9 @@ class SupernetSpace:
     """A supernet's architecture space; measurement fans out over the executor."""
 
     def __init__(self, cfg: ExperimentConfig, metrics: Sequence[Metric]):
-        from hwnas.supernets import load_supernet
+        from hwnas.supernets import load_checkpoint
 
-        self.supernet = load_supernet(_resolve_checkpoint(cfg))
+        self.supernet = load_checkpoint(_resolve_checkpoint(cfg))
         self.space = self.supernet.space
         self.task = SupernetMeasureTask(_resolve_checkpoint(cfg), cfg.data, cfg.devices, metrics,
                                         split=cfg.accuracy_eval.split, calib_images=cfg.accuracy_eval.calib_images,
@@ -217,11 +218,16 @@ class SupernetSpace:
         self.executor = create_executor(cfg.executor.kind, workers=cfg.executor.workers,
                                         address=cfg.executor.address)
 
+    def canonical(self, genomes: np.ndarray) -> np.ndarray:
+        return genomes
+
     def decode(self, genome) -> Dict:
         return self.space.decode(genome)
 
     def describe(self, config: Dict) -> str:
-        return self.supernet.arch_key(config)
+        from hwnas.supernets import arch_key
+
+        return arch_key(config)
 
     def measure(self, requests):
         return self.executor.map(self.task, requests)
@@ -236,12 +242,65 @@ def _resolve_checkpoint(cfg: ExperimentConfig) -> str:
     return str(DEFAULT_CHECKPOINT) if cfg.space.checkpoint == "default" else cfg.space.checkpoint
 
 
+class TableSpace:
+    """A tabular benchmark (NAS-Bench-201, FBNet, OFA tables): every value is a lookup.
+
+    Lookups are cheap, so they stay vectorised in process whatever the executor. Tables
+    that sample a space (FBNet, OFA) answer a genome with its nearest stored architecture.
+    """
+
+    ACCURACY_COLUMNS = {"cifar10": "cifar10_acc", "cifar100": "cifar100_acc", "imagenet16": "imagenet16_acc"}
+
+    def __init__(self, cfg: ExperimentConfig, metrics: Sequence[Metric]):
+        from .tabular import TabularBenchmark
+
+        self.bench = TabularBenchmark.load(cfg.space.tabular_space, cfg.space.table)
+        self.space = self.bench.space
+        self.metrics = {m.key: m for m in metrics}
+        self.accuracy_column = self.ACCURACY_COLUMNS.get(cfg.data)
+        self.complete = len(self.bench) >= self.space.size
+
+    def canonical(self, genomes: np.ndarray) -> np.ndarray:
+        if self.complete:
+            return genomes
+        G = self.bench.genomes
+        return np.array([G[np.argmin((G != g).sum(axis=1))] for g in genomes])
+
+    def decode(self, genome) -> Dict:
+        return {"arch": self.bench.genome_to_arch(genome)}
+
+    def describe(self, config: Dict) -> str:
+        return config["arch"]
+
+    def _column(self, m: Metric, genomes) -> np.ndarray:
+        if m.metric == "accuracy":
+            if self.accuracy_column is None:
+                raise HwnasError(f"data: the table has accuracies for {', '.join(self.ACCURACY_COLUMNS)}; "
+                                 f"set data to one of them")
+            return self.bench.lookup(genomes, self.accuracy_column) / 100.0
+        if m.metric == "flops":
+            return 2.0 * self.bench.macs(genomes)
+        if m.metric == "latency_ms":
+            return self.bench.lookup(genomes, m.device)
+        raise HwnasError(f"metric {m.metric!r} is not available on tabular space {self.bench.name!r}")
+
+    def measure(self, requests):
+        archs = [self.bench.arch_to_genome(config["arch"]) for config, _ in requests]
+        keys = sorted({k for _, ks in requests for k in ks})
+        columns = {k: self._column(self.metrics[k], np.array(archs)) for k in keys}
+        for i, (_, wanted) in enumerate(requests):
+            # A missing table value can never be on the front: worst possible value.
+            yield ({k: (float(columns[k][i]) if np.isfinite(columns[k][i])
+                        else (0.0 if self.metrics[k].goal == "max" else float("inf"))) for k in wanted}, 0.0)
+
+    def close(self):
+        pass
+
+
 def create_space_backend(cfg: ExperimentConfig, metrics: Sequence[Metric]):
     if cfg.space.supernet is not None:
         return SupernetSpace(cfg, metrics)
-    from .tabular_space import TabularSpace
-
-    return TabularSpace(cfg, metrics)
+    return TableSpace(cfg, metrics)
 
 
 # --- run folders --------------------------------------------------------------------------------

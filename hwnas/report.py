@@ -146,7 +146,8 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         "",
         f"- space: {space}; dimensions: {', '.join(cfg.space.dimensions)}; "
         f"{exp.space.n_var} variables, {exp.space.size:.3g} sub-networks",
-        f"- data: `{cfg.data}` (accuracy on the `{cfg.accuracy_eval.split}` split)",
+        f"- data: `{cfg.data}` " + (f"(accuracy on the `{cfg.accuracy_eval.split}` split)" if cfg.space.supernet
+                                    else "(the table's accuracy)"),
         f"- devices: " + ", ".join(f"{d.name} ({d.backend}, batch {d.batch_size}, {d.threads} thread(s))"
                                    for d in cfg.devices),
         f"- objectives: {objectives}",
@@ -165,7 +166,8 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     lines.append("|---|---|" + "---|" * len(keys))
     for r in front_rows:
         vals = [f"{_fmt(r[k])}{'' if r[k + '_source'] == 'measured' else ' (pred.)'}" for k in keys]
-        lines.append(f"| {r['id']} | `{r['arch']}` | " + " | ".join(vals) + " |")
+        arch = r["arch"].replace("|", "\\|")  # a table cell cannot hold a bare pipe
+        lines.append(f"| {r['id']} | `{arch}` | " + " | ".join(vals) + " |")
     lines += ["", "![Pareto front](pareto.png)", "", "## Hypervolume per generation", "",
               "| generation | candidates | hypervolume |", "|---|---|---|"]
     lines += [f"| {g} | {n} | {hv:.4f} |" for g, n, hv in history]
