@@ -93,6 +93,8 @@ class ExecutorConfig(_Model):
 class AccuracyEvalConfig(_Model):
     split: Literal["val", "test"] = "val"
     calib_images: int = Field(default=1000, ge=0, le=1000000)
+    # A fixed, seeded subset of the split (0: all of it): a cheaper, equally repeatable measurement.
+    images: int = Field(default=0, ge=0, le=10000000)
 
 
 class Budget(_Model):

@@ -8,11 +8,13 @@ predicting is cheap and stays vectorised in process.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from .config import COST_METRICS, DeviceConfig, ExperimentConfig, split_metric
 from .errors import HwnasError
@@ -66,11 +68,11 @@ class SupernetMeasureTask:
     """
 
     def __init__(self, checkpoint: str, data: str, devices: Sequence[DeviceConfig], metrics: Sequence[Metric],
-                 split: str = "val", calib_images: int = 1000, seed: int = 0):
+                 split: str = "val", calib_images: int = 1000, images: int = 0, seed: int = 0):
         self.checkpoint, self.data_spec = checkpoint, data
         self.devices = {d.name: d for d in devices}
         self.metrics = {m.key: m for m in metrics}
-        self.split, self.calib_images, self.seed = split, calib_images, seed
+        self.split, self.calib_images, self.images, self.seed = split, calib_images, images, seed
         self._supernet = None
         self._data = None
 
@@ -86,6 +88,10 @@ class SupernetMeasureTask:
 
             self._supernet = load_checkpoint(self.checkpoint)
             self._data = load_dataset(self.data_spec)
+            X, y = self._data.split(self.split)
+            if 0 < self.images < len(y):
+                keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed))[: self.images]
+                self._data = dataclasses.replace(self._data, **{self.split: (X[keep], y[keep])})
         return self._supernet, self._data
 
     def __call__(self, request: Tuple[Dict, Sequence[str]]) -> Tuple[Dict[str, float], float]:

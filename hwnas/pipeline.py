@@ -214,7 +214,7 @@ class SupernetSpace:
         self.space = self.supernet.space
         self.task = SupernetMeasureTask(_resolve_checkpoint(cfg), cfg.data, cfg.devices, metrics,
                                         split=cfg.accuracy_eval.split, calib_images=cfg.accuracy_eval.calib_images,
-                                        seed=cfg.strategy.seed)
+                                        images=cfg.accuracy_eval.images, seed=cfg.strategy.seed)
         self.executor = create_executor(cfg.executor.kind, workers=cfg.executor.workers,
                                         address=cfg.executor.address)
 

@@ -1,0 +1,163 @@
+"""End to end: YAML -> search -> store -> front -> report, on a real (small) supernet and a real table."""
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import BENCH, requires
+from hwnas.cli import main
+
+SMALL = dict(stem_width=8, stage_widths=(8, 16), stage_strides=(1, 2), stage_se=(False, True), head_width=32)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    """A small elastic MobileNetV3 (random weights: these tests check the pipeline, not accuracy)."""
+    import torch
+    from hwnas import supernets
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
+    supernets.save_checkpoint(supernets.create("elastic_mbv3", **SMALL), path, {"note": "random init for tests"})
+    return path
+
+
+def experiment(tmp_path, checkpoint, **changes):
+    data = {
+        "name": "small",
+        "space": {"supernet": "elastic_mbv3", "checkpoint": str(checkpoint)},
+        "data": "fmnist-mini",
+        "devices": [{"name": "local-cpu", "batch_size": 4, "warmup": 1, "repeats": 3}],
+        "objectives": {"accuracy": {"goal": "max", "source": "predicted"}, "latency_ms": "min"},
+        "budgets": ["latency_ms <= 1000"],
+        "strategy": {"population": 6, "generations": 2, "seed": 0, "initial_samples": 8},
+        "accuracy_eval": {"calib_images": 64, "images": 256},
+    }
+    for key, value in changes.items():
+        data[key] = value
+    path = tmp_path / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_supernet_run_writes_the_run_folder(tmp_path, small_checkpoint):
+    out = tmp_path / "run"
+    assert main(["run", str(experiment(tmp_path, small_checkpoint)), "--out", str(out), "--quiet"]) == 0
+    for name in ("config.yaml", "results.sqlite", "candidates.csv", "front.csv", "report.md", "pareto.png", "hv.png"):
+        assert (out / name).is_file(), name
+    front = read_csv(out / "front.csv")
+    assert front, "empty front"
+    for row in front:  # every front value measured, every budget met
+        assert row["accuracy_source"] == "measured" and row["latency_ms_source"] == "measured"
+        assert float(row["latency_ms"]) <= 1000 and 0 <= float(row["accuracy"]) <= 1
+        assert row["arch"].startswith("ks=")
+    # The front is non-dominated among the measured candidates.
+    cands = [r for r in read_csv(out / "candidates.csv") if r["accuracy_source"] == "measured"]
+    for f in front:
+        fa, fl = float(f["accuracy"]), float(f["latency_ms"])
+        assert not any(float(c["accuracy"]) >= fa and float(c["latency_ms"]) < fl
+                       or float(c["accuracy"]) > fa and float(c["latency_ms"]) <= fl for c in cands)
+    db = sqlite3.connect(out / "results.sqlite")
+    gens = {g for (g,) in db.execute("SELECT DISTINCT generation FROM candidates")}
+    assert gens <= {0, 1, 2} and 0 in gens  # initial samples, then the two generations
+    report = (out / "report.md").read_text()
+    assert "## Pareto front" in report and "Hypervolume per generation" in report
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path, small_checkpoint):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.sqlite").write_text("precious")
+    assert main(["run", str(experiment(tmp_path, small_checkpoint)), "--out", str(out), "--quiet"]) == 2
+    assert (out / "results.sqlite").read_text() == "precious"
+
+
+def _stored(db_path):
+    db = sqlite3.connect(db_path)
+    try:
+        return db.execute("SELECT candidate_id, name, source, value, created_at FROM objectives ORDER BY 1, 2, 3").fetchall()
+    finally:
+        db.close()
+
+
+def test_sigkill_then_resume_evaluates_nothing_twice(tmp_path, small_checkpoint):
+    cfg = experiment(tmp_path, small_checkpoint, name="killed",
+                     objectives={"accuracy": "max", "params": "min"}, budgets=[],
+                     strategy={"population": 8, "generations": 4, "seed": 1})
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "hwnas.cli", "run", str(cfg), "--out", str(out), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill once a dozen candidates are stored
+        if (out / "results.sqlite").exists() and len(_stored(out / "results.sqlite")) >= 24:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _stored(out / "results.sqlite")
+    assert not (out / "front.csv").exists()
+
+    assert main(["resume", str(out), "--quiet"]) == 0
+    after = _stored(out / "results.sqlite")
+    assert after[: len(before)] == before or set(before) <= set(after)  # nothing stored was redone
+    keys = [(c, n, s) for c, n, s, _, _ in after]
+    assert len(keys) == len(set(keys))  # each value evaluated once
+    assert len(after) > len(before) and (out / "front.csv").exists()
+
+    # The resumed run reaches the same candidates as one that was never killed.
+    clean = tmp_path / "clean"
+    assert main(["run", str(cfg), "--out", str(clean), "--quiet"]) == 0
+    db_a, db_b = sqlite3.connect(out / "results.sqlite"), sqlite3.connect(clean / "results.sqlite")
+    q = "SELECT key FROM candidates ORDER BY key"
+    assert db_a.execute(q).fetchall() == db_b.execute(q).fetchall()
+
+
+def test_ray_and_local_give_the_same_front(tmp_path, small_checkpoint, ray_cluster):
+    fronts = {}
+    for kind in ("local", "ray"):
+        cfg = experiment(tmp_path, small_checkpoint, name=f"exec-{kind}",
+                         objectives={"accuracy": "max", "params": "min"}, budgets=["params <= 100000"],
+                         executor={"kind": kind, "workers": 2})
+        out = tmp_path / kind
+        assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+        fronts[kind] = [(r["arch"], r["accuracy"], r["params"]) for r in read_csv(out / "front.csv")]
+    assert fronts["local"] and fronts["local"] == fronts["ray"]
+
+
+@requires(BENCH / "nb201.csv.gz")
+def test_tabular_run_finds_most_of_the_exhaustive_front(tmp_path):
+    from hwnas.search import hv_ratio
+    from hwnas.tabular import TabularBenchmark
+
+    cfg = {
+        "name": "nb201", "space": {"table": str(BENCH / "nb201.csv.gz"), "tabular_space": "nb201"},
+        "data": "cifar10", "devices": [{"name": "pixel3", "backend": "table"}],
+        "objectives": {"accuracy": "max", "latency_ms": "min"}, "budgets": ["latency_ms <= 6"],
+        "strategy": {"population": 30, "generations": 20, "seed": 0},
+    }
+    path = tmp_path / "nb201.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    front = read_csv(tmp_path / "run" / "front.csv")
+    bench = TabularBenchmark.load("nb201", BENCH / "nb201.csv.gz")
+    acc, lat = bench.values("cifar10_acc") / 100, bench.values("pixel3")
+    ok = lat <= 6
+    F_true = np.stack([-acc[ok], lat[ok]], axis=1)
+    F_found = np.array([[-float(r["accuracy"]), float(r["latency_ms"])] for r in front])
+    assert hv_ratio(F_found, F_true) >= 0.9
