@@ -232,6 +232,9 @@ class SupernetSpace:
     def measure(self, requests):
         return self.executor.map(self.task, requests)
 
+    def exhaustive(self):
+        return None  # a supernet's space is far too large to enumerate
+
     def close(self):
         self.executor.shutdown()
 
@@ -284,14 +287,26 @@ class TableSpace:
             return self.bench.lookup(genomes, m.device)
         raise HwnasError(f"metric {m.metric!r} is not available on tabular space {self.bench.name!r}")
 
+    def _values(self, genomes: np.ndarray, keys) -> Dict[str, np.ndarray]:
+        out = {}
+        for k in keys:
+            v = self._column(self.metrics[k], genomes)
+            # A missing table value can never be on the front: the worst possible value.
+            out[k] = np.where(np.isfinite(v), v, 0.0 if self.metrics[k].goal == "max" else np.inf)
+        return out
+
     def measure(self, requests):
-        archs = [self.bench.arch_to_genome(config["arch"]) for config, _ in requests]
-        keys = sorted({k for _, ks in requests for k in ks})
-        columns = {k: self._column(self.metrics[k], np.array(archs)) for k in keys}
+        genomes = np.array([self.bench.arch_to_genome(config["arch"]) for config, _ in requests])
+        columns = self._values(genomes, sorted({k for _, ks in requests for k in ks}))
         for i, (_, wanted) in enumerate(requests):
-            # A missing table value can never be on the front: worst possible value.
-            yield ({k: (float(columns[k][i]) if np.isfinite(columns[k][i])
-                        else (0.0 if self.metrics[k].goal == "max" else float("inf"))) for k in wanted}, 0.0)
+            yield {k: float(columns[k][i]) for k in wanted}, 0.0
+
+    def exhaustive(self):
+        """Every architecture's values (complete tables only): the true front to compare with."""
+        if not self.complete:
+            return None
+        columns = self._values(self.bench.genomes, list(self.metrics))
+        return [dict(zip(columns, vals)) for vals in zip(*columns.values())]
 
     def close(self):
         pass
