@@ -74,14 +74,6 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def cmd_supernets_list(args) -> int:
-    from hwnas.supernets import names
-
-    for name in names():
-        print(name)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwnas", description="Hardware-aware neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,9 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("supernets", help="registered supernets")
-    ssub = p.add_subparsers(dest="subcommand", required=True)
-    ssub.add_parser("list", help="list registered supernets").set_defaults(func=cmd_supernets_list)
+    from .cli_supernets import register as register_supernets
+
+    register_supernets(sub)
+    __import__("hwnas.cli_devices", fromlist=["register"]).register(sub)  # hwnas devices ...
     return parser
 
 

@@ -1,0 +1,174 @@
+"""``hwnas supernets list``, ``hwnas supernet train CONFIG`` and ``hwnas supernet eval CHECKPOINT``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .config import _format_error
+from .errors import ConfigError, HwnasError
+
+
+class TrainConfig(BaseModel):
+    """The supernet training file (see docs/CONFIG.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    supernet: str = "elastic_mbv3"
+    kwargs: Dict[str, Any] = {}
+    data: str = "fmnist-mini"
+    settings: Dict[str, Any] = {}
+    init_seed: int = Field(default=0, ge=0)
+    train_images: int = Field(default=0, ge=0)  # a seeded subset of the training split (0: all of it)
+    out: str = Field(min_length=1)
+
+    @field_validator("settings")
+    @classmethod
+    def _known_settings(cls, value):
+        from hwnas.supernets.train import TrainSettings
+
+        allowed = [f.name for f in fields(TrainSettings)]
+        unknown = [k for k in value if k not in allowed]
+        if unknown:
+            raise ValueError(f"settings.{unknown[0]}: unknown setting; allowed: {', '.join(allowed)}")
+        return value
+
+
+def load_train_config(path: Path) -> TrainConfig:
+    if not path.is_file():
+        raise ConfigError(path, "", "no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "", f"not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "the file must hold a YAML mapping (supernet, kwargs, data, settings, out)")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        key, msg = _format_error(exc.errors()[0])
+        raise ConfigError(path, key, msg) from None
+
+
+def cmd_list(args) -> int:
+    from hwnas.supernets import names
+
+    print("\n".join(names()))
+    return 0
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from hwnas import supernets
+    from hwnas.supernets.datasets import load_dataset
+    from hwnas.supernets.train import TrainSettings, train_supernet
+
+    path = Path(args.config)
+    cfg = load_train_config(path)
+    try:
+        settings = TrainSettings(**{**cfg.settings, "progress": not args.quiet})
+    except TypeError as exc:
+        raise ConfigError(path, "settings", str(exc)) from None
+    torch.manual_seed(cfg.init_seed)
+    try:
+        net = supernets.create(cfg.supernet, **cfg.kwargs)
+    except TypeError as exc:
+        raise ConfigError(path, "kwargs", f"{exc}") from None
+    data = load_dataset(cfg.data)
+    if 0 < cfg.train_images < len(data.train[1]):
+        keep = torch.randperm(len(data.train[1]), generator=torch.Generator().manual_seed(cfg.init_seed))
+        X, y = data.train
+        data = dataclasses.replace(data, train=(X[keep[: cfg.train_images]], y[keep[: cfg.train_images]]))
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = out.with_suffix(".state")
+    result = train_supernet(net, data, settings, state_path=state, resume=not args.restart)
+    meta = {"dataset": data.name, "train_images": len(data.train[0]), "settings": asdict(settings),
+            "train_wall_seconds": sum(r["seconds"] for r in result.history), "history": result.history,
+            "torch": str(torch.__version__)}
+    supernets.save_checkpoint(net, out, meta)
+    last = result.history[-1] if result.history else {}
+    print(f"wrote {out}: {len(result.history)} epochs"
+          + (f" (resumed from epoch {result.resumed_from_epoch})" if result.resumed_from_epoch else "")
+          + (f", val largest {last['val_largest']:.4f}, smallest {last['val_smallest']:.4f}" if "val_largest" in last
+             else ""))
+    return 0
+
+
+def parse_config_list(spec: str, net, seed: int) -> List[tuple]:
+    """``largest,smallest,random:20`` -> [(label, config), ...] (random ones seeded)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        name, _, count = part.partition(":")
+        if name == "largest" and not count:
+            out.append(("largest", net.largest_config()))
+        elif name == "smallest" and not count:
+            out.append(("smallest", net.smallest_config()))
+        elif name == "random" and count.isdigit() and int(count) > 0:
+            out += [(f"random-{i}", net.sample(rng)) for i in range(int(count))]
+        else:
+            raise HwnasError(f"--configs: {part!r} is not one of largest, smallest, random:N (N >= 1)")
+    if not out:
+        raise HwnasError("--configs: give at least one of largest, smallest, random:N")
+    return out
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+    import torch
+
+    from hwnas.supernets import arch_key, load_checkpoint, subnet_accuracy
+    from hwnas.supernets.datasets import load_dataset
+
+    torch.set_num_threads(args.threads)
+    net = load_checkpoint(args.checkpoint)
+    data = load_dataset(args.data)
+    results = []
+    for label, config in parse_config_list(args.configs, net, args.seed):
+        acc = subnet_accuracy(net, config, data, split=args.split, calib_images=args.calib_images, seed=args.seed)
+        results.append({"label": label, "arch": arch_key(config), "config": config, "accuracy": acc})
+        print(f"{label:>10}  {acc * 100:6.2f} %  {arch_key(config)}")
+    randoms = [r["accuracy"] for r in results if r["label"].startswith("random")]
+    summary = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
+               "calib_images": args.calib_images, "configs": results}
+    if randoms:
+        summary["random"] = {"min": float(np.min(randoms)), "median": float(np.median(randoms)),
+                             "max": float(np.max(randoms)), "n": len(randoms)}
+        print(f"random ({len(randoms)}): min {summary['random']['min'] * 100:.2f} %, median "
+              f"{summary['random']['median'] * 100:.2f} %, max {summary['random']['max'] * 100:.2f} %")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("supernets", help="registered supernets")
+    s = p.add_subparsers(dest="subcommand", required=True)
+    s.add_parser("list", help="list registered supernets").set_defaults(func=cmd_list)
+
+    p = sub.add_parser("supernet", help="train or evaluate a supernet")
+    s = p.add_subparsers(dest="subcommand", required=True)
+    t = s.add_parser("train", help="train a supernet from a YAML file (sandwich rule, in-place distillation)")
+    t.add_argument("config")
+    t.add_argument("--restart", action="store_true", help="ignore an existing training state and start over")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+    e = s.add_parser("eval", help="accuracy of sub-networks after BN recalibration")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", default="fmnist-mini", help="fmnist-mini | fashion-mnist:PATH | mnist:PATH")
+    e.add_argument("--configs", default="largest,smallest,random:20")
+    e.add_argument("--split", default="test", choices=["val", "test"])
+    e.add_argument("--calib-images", type=int, default=1000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--json", help="write the results to this JSON file")
+    e.set_defaults(func=cmd_eval)
