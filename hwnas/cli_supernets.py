@@ -8,10 +8,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .config import _format_error
+from .config import read_yaml, validate_model
 from .errors import ConfigError, HwnasError
 
 
@@ -40,19 +39,7 @@ class TrainConfig(BaseModel):
 
 
 def load_train_config(path: Path) -> TrainConfig:
-    if not path.is_file():
-        raise ConfigError(path, "", "no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, "", f"not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(path, "", "the file must hold a YAML mapping (supernet, kwargs, data, settings, out)")
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        key, msg = _format_error(exc.errors()[0])
-        raise ConfigError(path, key, msg) from None
+    return validate_model(TrainConfig, read_yaml(path), path, "supernet, kwargs, data, settings, out")
 
 
 def cmd_list(args) -> int:

@@ -222,23 +222,24 @@ def _format_error(err: Dict[str, Any]) -> tuple[str, str]:
     return loc, msg
 
 
-def parse_config(data: Any, path: Union[str, Path] = "<config>") -> ExperimentConfig:
+def validate_model(model, data: Any, path: Union[str, Path], keys: str):
+    """Validate a YAML document against a pydantic model; the first problem as one ConfigError line."""
     if not isinstance(data, dict):
-        raise ConfigError(path, "", "the file must hold a YAML mapping of keys (name, space, objectives, ...)")
+        raise ConfigError(path, "", f"the file must hold a YAML mapping of keys ({keys})")
     try:
-        return ExperimentConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         key, msg = _format_error(exc.errors()[0])
         raise ConfigError(path, key, msg) from None
 
 
-def load_config(path: Union[str, Path]) -> ExperimentConfig:
-    """Read and validate an experiment YAML; raise ConfigError (one line) on any problem."""
+def read_yaml(path: Union[str, Path]) -> Any:
+    """Parse a YAML file; a missing file or broken YAML is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "", "no such file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -246,7 +247,15 @@ def load_config(path: Union[str, Path]) -> ExperimentConfig:
         raise ConfigError(path, "", f"{where}{problem} (not valid YAML)") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "not a UTF-8 text file") from None
-    cfg = parse_config(data, path)
+
+
+def parse_config(data: Any, path: Union[str, Path] = "<config>") -> ExperimentConfig:
+    return validate_model(ExperimentConfig, data, path, "name, space, objectives, ...")
+
+
+def load_config(path: Union[str, Path]) -> ExperimentConfig:
+    """Read and validate an experiment YAML; raise ConfigError (one line) on any problem."""
+    cfg = parse_config(read_yaml(path), path)
     check_references(cfg, path)
     return cfg
 

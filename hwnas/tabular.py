@@ -268,11 +268,10 @@ class FbnetSpace(TabularSpace):
         G = self.check(genomes)
         per_block = self._per_block(G)
         total = per_block.sum(1) + self.fixed_macs
-        counts = np.stack([(G == k).sum(1) for k in range(len(FBNET_OPS))], 1) / 22.0
+        onehot = _onehot(G, len(FBNET_OPS))
+        counts = onehot.reshape(len(G), 22, len(FBNET_OPS)).sum(1) / 22.0
         log_macs = (np.log(total) - np.log(self.fixed_macs))[:, None] / 4.0
-        return np.concatenate(
-            [_onehot(G, len(FBNET_OPS)), per_block / self._block_scale, counts, log_macs], 1
-        ).astype(np.float32)
+        return np.concatenate([onehot, per_block / self._block_scale, counts, log_macs], 1, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- OFA MobileNetV3
@@ -444,7 +443,8 @@ class _Parsed:
 
 @lru_cache(maxsize=8)
 def _load_cached(space: str, path: str, mtime: float) -> "TabularBenchmark":
-    parsed = _parse(space, path, mtime)
+    """One parsed table per (file, mtime): a changed file is read again."""
+    parsed = _parse(space, path)
     if space == "ofa_mbv3":
         tspace: TabularSpace = OfaSpace(parsed.resolutions or tuple(range(128, 225, 4)))
     else:
@@ -452,7 +452,7 @@ def _load_cached(space: str, path: str, mtime: float) -> "TabularBenchmark":
     return TabularBenchmark(tspace, parsed, Path(path))
 
 
-def _parse(space_name: str, path: str, mtime: float) -> _Parsed:
+def _parse(space_name: str, path: str) -> _Parsed:
     header, rows = _read_csv(Path(path))
     arch_column = {"nb201": "arch_str"}.get(space_name, "arch_key")
     for needed in ("arch_idx", arch_column):
@@ -468,6 +468,8 @@ def _parse(space_name: str, path: str, mtime: float) -> _Parsed:
             text[name] = list(values)
         else:
             numeric[name] = as_float
+    if "arch_idx" not in numeric or np.isnan(numeric["arch_idx"]).any():
+        raise HwnasError(f"benchmark table {path}: 'arch_idx' must be an integer in every row")
     arch_ids = text[arch_column]
     resolutions: Tuple[int, ...] = ()
     if space_name == "ofa_mbv3":
@@ -492,7 +494,11 @@ class TabularBenchmark:
         self.arch_ids: List[str] = parsed.arch_ids
         self.arch_idx: np.ndarray = parsed.arch_idx
         self._numeric = parsed.numeric
-        self.genomes: np.ndarray = np.stack([tspace.arch_to_genome(a) for a in self.arch_ids]) if self.arch_ids else np.zeros((0, self.space.n_var), dtype=np.int64)
+        try:
+            genomes = [tspace.arch_to_genome(a) for a in self.arch_ids]
+        except HwnasError as err:
+            raise HwnasError(f"{path.name}: {err}") from None
+        self.genomes: np.ndarray = np.array(genomes, dtype=np.int64).reshape(len(genomes), self.space.n_var)
         self._row_of = {g.tobytes(): i for i, g in enumerate(self.genomes)}
         self._row_of_idx = {int(a): i for i, a in enumerate(self.arch_idx)}
 

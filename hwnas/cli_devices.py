@@ -1,0 +1,220 @@
+"""``hwnas devices ...``: list, show, add, remove, refs, predict and measure device profiles.
+
+User errors raise :class:`hwnas.errors.HwnasError`; ``hwnas.cli.main`` prints the one line
+and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from .errors import HwnasError
+
+KINDS = ["cpu", "gpu", "phone", "board", "accelerator", "fpga", "other"]
+
+
+def _spaces_text(profile) -> str:
+    return ",".join(profile.spaces) or "-"
+
+
+def cmd_list(args) -> int:
+    from hwnas.devices.registry import devices_home, list_devices
+
+    profiles = list_devices(args.home)
+    if not profiles:
+        print(f"no devices (home: {devices_home(args.home)})")
+        return 0
+    rows = [("NAME", "KIND", "SPACES", "WHERE", "LABELS", "HARDWARE")]
+    for p in profiles:
+        rows.append((p.name, p.spec.kind, _spaces_text(p), "shipped" if p.shipped else "user",
+                     ",".join(p.spec.labels) or "-", p.spec.hardware or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+    return 0
+
+
+def cmd_show(args) -> int:
+    import yaml
+
+    from hwnas.devices.registry import get_device
+
+    p = get_device(args.name, args.home)
+    print(f"# {p.path}{' (shipped, read-only)' if p.shipped else ''}")
+    print(yaml.safe_dump(p.spec.model_dump(exclude_none=True), sort_keys=False).rstrip())
+    for space in p.spaces:
+        if p.has_space(space):
+            s = p.samples(space)
+            lut = p.file("lut", space, "json")
+            print(f"samples {space}: {len(s)} rows, metrics {', '.join(s.metrics)}"
+                  + (f"; lookup table {lut.name}" if lut.is_file() else ""))
+    return 0
+
+
+def cmd_remove(args) -> int:
+    from hwnas.devices.registry import remove_device
+
+    path = remove_device(args.name, args.home)
+    print(f"removed device {args.name!r} ({path})")
+    return 0
+
+
+def cmd_refs(args) -> int:
+    from hwnas.devices.spaces import device_space
+
+    dspace = device_space(args.space)
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["arch", "latency_ms"])
+        for arch in dspace.reference_archs():
+            writer.writerow([arch, ""])
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"wrote the 10 reference architectures of {dspace.name} to {args.out}; fill in latency_ms "
+              f"(and optionally energy_mJ, power_W) and run 'hwnas devices add NAME --space {dspace.name} "
+              f"--samples {args.out}'", file=sys.stderr)
+    return 0
+
+
+def _fit_summary(profile, space: str) -> str:
+    from hwnas.devices.predictors import cost_model
+
+    try:
+        model = cost_model(profile, space)
+        rhos = model.loo_spearman()
+    except HwnasError as err:
+        return f"fit check unavailable: {err}"
+    samples = model.samples
+    refs = set(model.dspace.reference_archs())
+    on_refs = " (the samples are the space's 10 reference architectures)" if (
+        samples is not None and len(samples) == len(refs)
+        and {model.dspace.format_arch(g) for g in samples.genomes} == refs) else ""
+    fit = ", ".join(f"{m} {r:.3f}" for m, r in rhos.items())
+    return f"predictor: {model.method}; leave-one-out Spearman rho on the {len(samples)} samples: {fit}{on_refs}"
+
+
+def cmd_add(args) -> int:
+    from hwnas.devices.registry import add_device
+
+    profile = add_device(args.name, args.space, args.samples, hardware=args.hardware, kind=args.kind,
+                         force=args.force, home=args.home)
+    samples = profile.samples(args.space)
+    print(f"added {len(samples)} samples of {args.name!r} on {samples.space} ({', '.join(samples.metrics)}) "
+          f"to {profile.path}")
+    print(_fit_summary(profile, args.space))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from hwnas.devices.predictors import cost_model
+
+    model = cost_model(args.name, args.space, args.home)
+    path = Path(args.archs)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise HwnasError(f"cannot read architectures file {path}: {err}") from None
+    if not rows or "arch" not in rows[0]:
+        raise HwnasError(f"{path}: needs a header with an 'arch' column and at least one row")
+    genomes = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            genomes.append(model.dspace.parse_arch(row["arch"] or ""))
+        except HwnasError as err:
+            raise HwnasError(f"{path}: row {line}: column arch: {err}") from None
+    import numpy as np
+
+    values = model.predict(np.stack(genomes))
+    estimated = [m for m in values if model.labels[m] == "estimated"]
+    with open(args.out, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["arch"] + list(values) + ["estimated"])
+        for i, row in enumerate(rows):
+            writer.writerow([row["arch"]] + [f"{values[m][i]:.6g}" for m in values] + [";".join(estimated)])
+    note = f" ({', '.join(estimated)} estimated analytically, not measured)" if estimated else ""
+    print(f"predicted {', '.join(values)} of {len(rows)} architectures on {args.name!r} with {model.method}; "
+          f"wrote {args.out}{note}")
+    return 0
+
+
+def cmd_measure(args) -> int:
+    from hwnas.devices.measure import measure_device
+
+    def progress(text):
+        print(f"\r{text}   ", end="", file=sys.stderr, flush=True)
+
+    result = measure_device(args.name, args.space, args.backend, batch_size=args.batch_size, threads=args.threads,
+                            home=args.home, hardware=args.hardware, ray_resource=args.ray_resource,
+                            progress=None if args.quiet else progress,
+                            **({"clock": args.clock} if args.clock else {}))
+    if not args.quiet:
+        print(file=sys.stderr)
+    s = result["settings"]
+    where = f"Ray node {result['node']}" if args.ray_resource or result["profile"].spec.ray_resource else "here"
+    print(f"measured {result['entries']} lookup-table entries and {result['samples']} reference sub-networks of "
+          f"{args.space} on {args.backend} (batch {s['batch_size']}, {s['threads']} thread(s), "
+          f"{args.clock or 'wall'} clock) {where}; "
+          f"noise (median IQR/median): entries {result['noise_entries']:.1%}, "
+          f"sub-networks {result['noise_samples']:.1%}; saved to {result['profile'].path}")
+    print(_fit_summary(result["profile"], args.space))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``devices`` command group to the ``hwnas`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="device registry folder (default: $HWNAS_HOME/devices or ~/.hwnas/devices)")
+    p = subparsers.add_parser("devices", help="device profiles: list, show, add, remove, refs, predict, measure")
+    sub = p.add_subparsers(dest="subcommand", required=True)
+
+    q = sub.add_parser("list", parents=[common], help="list user and shipped device profiles")
+    q.set_defaults(func=cmd_list)
+
+    q = sub.add_parser("show", parents=[common], help="print a device profile")
+    q.add_argument("name")
+    q.set_defaults(func=cmd_show)
+
+    q = sub.add_parser("remove", parents=[common], help="delete a user device profile")
+    q.add_argument("name")
+    q.set_defaults(func=cmd_remove)
+
+    q = sub.add_parser("refs", help="the space's 10 reference architectures as a CSV template to measure")
+    q.add_argument("--space", required=True)
+    q.add_argument("--out", help="write to this file instead of standard output")
+    q.set_defaults(func=cmd_refs)
+
+    q = sub.add_parser("add", parents=[common], help="add a device (or a space of it) from measured samples")
+    q.add_argument("name")
+    q.add_argument("--space", required=True)
+    q.add_argument("--samples", required=True, help="CSV: arch, latency_ms [, energy_mJ, power_W]")
+    q.add_argument("--hardware", help="free text, e.g. 'Raspberry Pi 4, Cortex-A72'")
+    q.add_argument("--kind", choices=KINDS)
+    q.add_argument("--force", action="store_true", help="replace existing samples of this space")
+    q.set_defaults(func=cmd_add)
+
+    q = sub.add_parser("predict", parents=[common], help="predict a device's costs for architectures")
+    q.add_argument("name")
+    q.add_argument("--space", required=True)
+    q.add_argument("--archs", required=True, help="CSV with an 'arch' column")
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_predict)
+
+    q = sub.add_parser("measure", parents=[common], help="measure a supernet space's lookup table here")
+    q.add_argument("name")
+    q.add_argument("--space", required=True)
+    q.add_argument("--backend", default="torch-cpu", help="torch-cpu, onnxruntime-cpu or torch-cuda")
+    q.add_argument("--batch-size", type=int)
+    q.add_argument("--threads", type=int)
+    q.add_argument("--clock", choices=["wall", "cpu"],
+                   help="wall (default) or cpu: the timing thread's CPU time, steadier on a shared machine (1 thread)")
+    q.add_argument("--hardware")
+    q.add_argument("--ray-resource", help="run on the Ray node holding this custom resource, e.g. device:NAME")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_measure)
