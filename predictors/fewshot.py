@@ -1,0 +1,419 @@
+"""Meta-learned few-shot cost predictor (latency, or any per-device metric column).
+
+Method (a meta-learned basis with a Bayesian linear head per device):
+
+1. **Meta-training** learns one feature network ``phi(arch) -> R^k`` shared by all
+   meta-training devices, plus one linear head per device, on each device's metric
+   normalised by its values on HELP's 10 reference architectures (so every device's
+   targets look like what an unseen device gives at adaptation time). The loss is MSE
+   plus a pairwise logistic ranking term (the use is ranking architectures).
+2. The learned heads define a prior over heads: a mixture of Gaussians centred on each
+   meta-training head and on their mean, sharing the heads' (shrunk) covariance.
+3. **Adaptation** to a new device from a few samples (by default the 10 reference
+   architectures, i.e. HELP's hardware embedding doubles as the shots) is Bayesian linear
+   regression in ``phi``-space under that prior: per component the posterior mean, with
+   prior scale and noise chosen by the shots' marginal likelihood, averaged with weights
+   from those likelihoods. No gradient steps: adaptation is instant and deterministic.
+4. Optionally (``n_members > 1``) several seeds are trained and their adapted predictions
+   averaged; on HELP's splits this changed rho by < 0.005, so the defaults use one.
+
+Inference is one batched forward pass (features -> MLP -> head), >100k predictions/s.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence
+
+import numpy as np
+
+from hwnas.errors import HwnasError
+from hwnas.tabular import TabularBenchmark, TabularSpace, space_from_spec
+
+FORMAT_VERSION = 1
+PREDICT_CHUNK = 8192
+ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
+POOL_LIMIT = {"nb201": 900, "fbnet": 4000, "ofa_mbv3": 4000}
+# Per-space settings measured on HELP's splits (benchmarks/results/fewshot.md); each keeps
+# meta-training around a minute per seed on one core.
+DEFAULTS = {
+    "nb201": {"hidden": 128, "epochs": 400, "n_members": 1},
+    "fbnet": {"hidden": 128, "epochs": 500, "n_members": 1},
+    "ofa_mbv3": {"hidden": 128, "epochs": 500, "n_members": 1},
+}
+
+
+# --------------------------------------------------------------------------- protocol
+def _trim(rows: np.ndarray, values: np.ndarray, lo: float = 10.0, hi: float = 90.0) -> np.ndarray:
+    v = values[rows]
+    rows = rows[~np.isnan(v)]
+    v = values[rows]
+    if len(rows) == 0:
+        return rows
+    a, b = np.percentile(v, [lo, hi])
+    return rows[(v >= a) & (v <= b)]
+
+
+def help_split(bench: TabularBenchmark, column: str, pool_limit: int | None = None, query_size: int = 1000):
+    """HELP's rows for one device: (pool, query), each trimmed to its 10th-90th percentile.
+
+    Pool: ``arch_idx < pool_limit`` (900 NB201, 4000 FBNet/OFA); query: the next
+    ``query_size`` arch_idx.
+    """
+    limit = POOL_LIMIT[bench.name] if pool_limit is None else pool_limit
+    values = bench.values(column)
+    idx = bench.arch_idx
+    pool = np.flatnonzero(idx < limit)
+    query = np.flatnonzero((idx >= limit) & (idx < limit + query_size))
+    return _trim(pool, values), _trim(query, values)
+
+
+# --------------------------------------------------------------------------- model
+def _mlp(layers: Sequence[tuple], X: np.ndarray) -> np.ndarray:
+    """Forward pass of the trunk; torch's fused SiLU is ~2x faster than numpy here."""
+    import torch
+
+    with torch.no_grad():
+        h = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        for i, (W, b) in enumerate(layers):
+            h = torch.addmm(torch.from_numpy(b), h, torch.from_numpy(W))
+            if i < len(layers) - 1:
+                h = torch.nn.functional.silu(h)
+        return h.numpy()
+
+
+def _with_bias(Phi: np.ndarray) -> np.ndarray:
+    return np.concatenate([Phi, np.ones((Phi.shape[0], 1), dtype=Phi.dtype)], 1)
+
+
+class FewShotPredictor:
+    """Few-shot cost predictor for one tabular space.
+
+    ``meta_fit(bench, columns)`` meta-trains; ``adapt(values, genomes=None)`` returns a copy
+    fitted to a new device (genomes default to the stored reference architectures);
+    ``fit(genomes, values)`` adapts in place (scikit-learn style); ``predict(genomes)``
+    returns the metric in the units of the adaptation values.
+    """
+
+    def __init__(
+        self,
+        space: str = "nb201",
+        embed_dim: int = 32,
+        hidden: int = 128,
+        epochs: int = 400,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        rank_weight: float = 0.5,
+        n_members: int = 1,
+        seed: int = 0,
+        threads: int | None = None,
+    ):
+        self.space = space
+        self.embed_dim = embed_dim
+        self.hidden = hidden
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.rank_weight = rank_weight
+        self.n_members = n_members
+        self.seed = seed
+        self.threads = threads
+        self.members_: List[dict] = []
+        self.reference_genomes_: np.ndarray | None = None
+        self.meta_columns_: List[str] = []
+        self.tspace_: TabularSpace | None = None  # set from the table (OFA's resolutions)
+
+    @classmethod
+    def for_space(cls, space: str, **overrides) -> "FewShotPredictor":
+        """A predictor with the space's default settings (:data:`DEFAULTS`), overridable."""
+        if space not in DEFAULTS:
+            raise HwnasError(f"unknown tabular space {space!r}; known: {', '.join(DEFAULTS)}")
+        return cls(space, **{**DEFAULTS[space], **{k: v for k, v in overrides.items() if v is not None}})
+
+    # --- helpers -----------------------------------------------------------------
+    @property
+    def tspace(self) -> TabularSpace:
+        if self.tspace_ is None:
+            self.tspace_ = space_from_spec({"name": self.space})
+        return self.tspace_
+
+    def _require(self, what: str, adapted: bool = False):
+        if not self.members_:
+            raise HwnasError(f"FewShotPredictor.{what}: not meta-trained (call meta_fit or load a file)")
+        if adapted and "w" not in self.members_[0]:
+            raise HwnasError(f"FewShotPredictor.{what}: not adapted to a device (call adapt or fit)")
+
+    def embed(self, genomes) -> List[np.ndarray]:
+        """phi(arch) of every member, with a trailing 1 for the bias."""
+        self._require("embed")
+        X = self.tspace.features(genomes)
+        return [_with_bias(_mlp(m["layers"], X)) for m in self.members_]
+
+    # --- meta-training ---------------------------------------------------------------
+    def meta_fit(
+        self,
+        bench: TabularBenchmark,
+        columns: Sequence[str],
+        rows: Mapping[str, np.ndarray] | np.ndarray | None = None,
+    ) -> "FewShotPredictor":
+        """Meta-train on ``columns`` (device names or metric columns) of ``bench``.
+
+        ``rows``: the table rows to train on, one array for all columns or one per column
+        (default: HELP's meta-training pool of each column).
+        """
+        import torch
+
+        if not columns:
+            raise HwnasError("meta_fit needs at least one device column")
+        if self.space != bench.name:
+            raise HwnasError(f"predictor is for space {self.space!r}, table is {bench.name!r}")
+        self.tspace_ = bench.tspace
+        names = [bench.column_name(c) for c in columns]
+        refs = bench.rows_of_arch_idx(bench.reference_archs())
+        self.reference_genomes_ = bench.genomes[refs].copy()
+
+        # Target matrix over the union of training rows; NaN where a device is not trained.
+        per_col = {}
+        for c in names:
+            r = rows.get(c, rows.get(c.removesuffix("_latency_ms"))) if isinstance(rows, Mapping) else rows
+            per_col[c] = help_split(bench, c)[0] if r is None else np.asarray(r)
+        union = np.unique(np.concatenate(list(per_col.values())))
+        Y = np.full((len(union), len(names)), np.nan)
+        for j, c in enumerate(names):
+            values = bench.values(c)
+            mean, std = _ref_stats(values[refs], values[per_col[c]])
+            keep = np.isin(union, per_col[c])
+            Y[keep, j] = (values[union[keep]] - mean) / std
+        X = bench.features(bench.genomes[union])
+
+        threads_before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            self.members_ = [
+                self._train_member(torch, X, Y, self.seed * 1000 + m) for m in range(self.n_members)
+            ]
+        finally:
+            torch.set_num_threads(threads_before)
+        self.meta_columns_ = names
+        return self
+
+    def _train_member(self, torch, X: np.ndarray, Y: np.ndarray, seed: int) -> dict:
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        Xt = torch.as_tensor(X, dtype=torch.float32)
+        Yt = torch.as_tensor(np.nan_to_num(Y), dtype=torch.float32)
+        mask = torch.as_tensor(~np.isnan(Y), dtype=torch.float32)
+        n, d = Yt.shape
+        trunk = torch.nn.Sequential(
+            torch.nn.Linear(X.shape[1], self.hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(self.hidden, self.hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(self.hidden, self.embed_dim),
+        )
+        heads = torch.nn.Linear(self.embed_dim, d)
+        params = list(trunk.parameters()) + list(heads.parameters())
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.epochs)
+        for _ in range(self.epochs):
+            pred = heads(trunk(Xt))
+            loss = (((pred - Yt) ** 2) * mask).sum() / mask.sum()
+            if self.rank_weight > 0:
+                # Pairwise logistic ranking loss on random pairs, per device.
+                perm = torch.randperm(n, generator=gen)
+                dy = Yt - Yt[perm]
+                dp = pred - pred[perm]
+                pair = mask * mask[perm] * (dy.abs() > 1e-6)
+                rank = torch.nn.functional.softplus(-torch.sign(dy) * dp * 4.0)
+                loss = loss + self.rank_weight * (rank * pair).sum() / pair.sum().clamp(min=1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        layers = [
+            (m.weight.detach().numpy().T.astype(np.float32).copy(), m.bias.detach().numpy().astype(np.float32).copy())
+            for m in trunk
+            if isinstance(m, torch.nn.Linear)
+        ]
+        W = torch.cat([heads.weight, heads.bias[:, None]], 1).detach().numpy().astype(np.float64)
+        return {"layers": layers, "heads": W, **_head_prior(W)}
+
+    # --- adaptation ------------------------------------------------------------------
+    def fit(self, genomes, values) -> "FewShotPredictor":
+        """Adapt in place to a device from samples (genomes, metric values)."""
+        self._require("fit")
+        G = self.tspace.check(genomes)
+        y = np.asarray(values, dtype=np.float64).reshape(-1)
+        if len(y) != len(G):
+            raise HwnasError(f"fit: {len(G)} genomes but {len(y)} values")
+        ok = np.isfinite(y)
+        if ok.sum() < 2:
+            raise HwnasError("fit: need at least 2 finite samples")
+        G, y = G[ok], y[ok]
+        self.y_mean_, self.y_std_ = float(y.mean()), float(y.std()) or 1.0
+        z = (y - self.y_mean_) / self.y_std_
+        for member, Phi in zip(self.members_, self.embed(G)):
+            member["w"] = _posterior_head(Phi, z, member["heads"], member["prior_mean"], member["prior_cov"])
+        return self
+
+    def adapt(self, values, genomes=None) -> "FewShotPredictor":
+        """A copy adapted to a new device. ``genomes=None``: values are for the reference archs."""
+        self._require("adapt")
+        if genomes is None:
+            genomes = self.reference_genomes_
+        return copy.deepcopy(self).fit(genomes, values)
+
+    def predict(self, genomes) -> np.ndarray:
+        self._require("predict", adapted=True)
+        G = self.tspace.check(genomes)
+        out = np.empty(len(G))
+        # Chunks keep the hidden activations in cache: ~2x faster on large batches.
+        for start in range(0, len(G), PREDICT_CHUNK):
+            X = self.tspace.features(G[start : start + PREDICT_CHUNK])
+            z = np.zeros(len(X))
+            for m in self.members_:
+                w = m["w"].astype(np.float32)
+                z += _mlp(m["layers"], X) @ w[:-1] + w[-1]
+            out[start : start + PREDICT_CHUNK] = z / len(self.members_)
+        return out * self.y_std_ + self.y_mean_
+
+    # --- persistence -------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """One ``.npz`` (arrays + a JSON header; loads with ``allow_pickle=False``)."""
+        self._require("save")
+        path = Path(path)
+        arrays: Dict[str, np.ndarray] = {"reference_genomes": np.asarray(self.reference_genomes_)}
+        for i, m in enumerate(self.members_):
+            for j, (W, b) in enumerate(m["layers"]):
+                arrays[f"m{i}_W{j}"], arrays[f"m{i}_b{j}"] = W, b
+            for key in ("heads", "prior_mean", "prior_cov", "w"):
+                if key in m:
+                    arrays[f"m{i}_{key}"] = m[key]
+        header = {
+            "format": FORMAT_VERSION,
+            "space": self.tspace.spec(),
+            "params": self.get_params(),
+            "n_layers": len(self.members_[0]["layers"]),
+            "meta_columns": self.meta_columns_,
+            "adapted": {"y_mean": self.y_mean_, "y_std": self.y_std_} if "w" in self.members_[0] else None,
+        }
+        arrays["header"] = np.array(json.dumps(header))
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FewShotPredictor":
+        try:
+            with np.load(Path(path), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            header = json.loads(str(arrays["header"]))
+        except FileNotFoundError:
+            raise HwnasError(f"predictor file not found: {path}") from None
+        except (OSError, ValueError, KeyError) as err:
+            raise HwnasError(f"not a FewShotPredictor file: {path} ({err})") from None
+        if header.get("format") != FORMAT_VERSION:
+            raise HwnasError(f"{path}: predictor format {header.get('format')} (expected {FORMAT_VERSION})")
+        pred = cls(**header["params"])
+        pred.tspace_ = space_from_spec(header["space"])
+        pred.reference_genomes_ = arrays["reference_genomes"]
+        pred.meta_columns_ = header["meta_columns"]
+        i = 0
+        while f"m{i}_W0" in arrays:
+            m = {"layers": [(arrays[f"m{i}_W{j}"], arrays[f"m{i}_b{j}"]) for j in range(header["n_layers"])]}
+            for key in ("heads", "prior_mean", "prior_cov", "w"):
+                if f"m{i}_{key}" in arrays:
+                    m[key] = arrays[f"m{i}_{key}"]
+            pred.members_.append(m)
+            i += 1
+        if header["adapted"]:
+            pred.y_mean_, pred.y_std_ = header["adapted"]["y_mean"], header["adapted"]["y_std"]
+        return pred
+
+    def get_params(self) -> dict:
+        return {
+            "space": self.space,
+            "embed_dim": self.embed_dim,
+            "hidden": self.hidden,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "rank_weight": self.rank_weight,
+            "n_members": self.n_members,
+            "seed": self.seed,
+            "threads": self.threads,
+        }
+
+    def __repr__(self) -> str:
+        state = "adapted" if self.members_ and "w" in self.members_[0] else ("meta-trained" if self.members_ else "new")
+        return f"FewShotPredictor({self.tspace.name!r}, members={self.n_members}, {state})"
+
+
+def _ref_stats(ref_values: np.ndarray, fallback: np.ndarray):
+    """Mean/std used to normalise a device: its reference-arch values when all are known."""
+    v = ref_values if np.isfinite(ref_values).all() else fallback[np.isfinite(fallback)]
+    std = float(v.std())
+    return float(v.mean()), (std if std > 0 else 1.0)
+
+
+def _head_prior(W: np.ndarray, shrink: float = 0.3) -> dict:
+    """Gaussian prior over device heads: their mean and a shrunk covariance (few devices)."""
+    mean = W.mean(0)
+    centred = W - mean
+    cov = centred.T @ centred / max(1, len(W) - 1) if len(W) > 1 else np.zeros((W.shape[1],) * 2)
+    scale = max(float(np.trace(cov)) / W.shape[1], 1e-3)
+    cov = (1 - shrink) * cov + shrink * scale * np.eye(W.shape[1])
+    return {"prior_mean": mean, "prior_cov": cov}
+
+
+_PRIOR_SCALES = np.exp(np.linspace(np.log(0.1), np.log(30.0), 13))
+_NOISE_VARS = np.exp(np.linspace(np.log(1e-3), np.log(1.0), 13))
+
+
+def _best_posterior(Phi: np.ndarray, z: np.ndarray, mean: np.ndarray, cov: np.ndarray):
+    """Log marginal likelihood and posterior-mean head of the Gaussian prior N(mean, a*cov)
+    with noise s2, at the (a, s2) of a grid that maximises the marginal likelihood."""
+    resid = z - Phi @ mean
+    base = Phi @ cov @ Phi.T
+    a, s2 = (g.reshape(-1) for g in np.meshgrid(_PRIOR_SCALES, _NOISE_VARS, indexing="ij"))
+    K = a[:, None, None] * base + s2[:, None, None] * np.eye(len(z))
+    L = np.linalg.cholesky(K)  # positive definite: s2 > 0
+    alpha = np.linalg.solve(K, np.broadcast_to(resid, (len(a), len(z)))[..., None])[..., 0]
+    ll = -0.5 * alpha @ resid - np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
+    best = int(np.argmax(ll))
+    return float(ll[best]), mean + a[best] * cov @ Phi.T @ alpha[best]
+
+
+def _posterior_head(Phi: np.ndarray, z: np.ndarray, heads: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Head for a new device: Bayesian model average over a mixture prior.
+
+    The mixture has one component centred on each meta-training device's head plus one on
+    their mean, all with the shared covariance; a new device that resembles one
+    meta-training device (e.g. another GPU at batch size 1) then borrows that device's head
+    instead of a blend dominated by the majority of devices.
+    """
+    Phi, z = Phi.astype(np.float64), z.astype(np.float64)
+    fits = [_best_posterior(Phi, z, centre, cov) for centre in [*heads, mean]]
+    ll = np.array([f[0] for f in fits])
+    weights = np.exp(ll - ll.max())
+    weights /= weights.sum()
+    return sum(w * f[1] for w, f in zip(weights, fits))
+
+
+def artifact_path(space: str) -> Path:
+    return ARTIFACT_DIR / f"{space}.npz"
+
+
+def load_pretrained(space: str) -> FewShotPredictor:
+    """The shipped predictor meta-trained on every device of the space's table."""
+    path = artifact_path(space)
+    if not path.is_file():
+        raise HwnasError(
+            f"no pretrained few-shot predictor for {space!r} (expected {path.name}; "
+            "run scripts/meta_train_predictors.py)"
+        )
+    return FewShotPredictor.load(path)
