@@ -1,17 +1,40 @@
-"""Measurement backends: time a model on a device (warm-up, repeats, median and IQR)."""
+"""Measurement backends: time a model on a device (warm-up, repeats, median and IQR).
+
+Methodology shared by every backend (:func:`time_interleaved`): ``warmup`` untimed runs,
+then timed runs in rounds of ``repeats`` (several models interleaved round by round, so
+load changes on a shared machine hit them alike) until the median is stable - the half-width of its
+95 % confidence interval (the boxplot-notch estimate ``1.57 * IQR / sqrt(n)``) is below
+``rel_ci`` of the median - or ``max_repeats`` runs were made. The median is the latency,
+the IQR is reported as the timing noise.
+
+Energy, when the hardware exposes a counter: RAPL package energy on Linux CPUs
+(``/sys/class/powercap/intel-rapl*/energy_uj``, the whole package, so other processes on
+the same CPU count too) and NVML on NVIDIA GPUs. Backends whose hardware is absent raise
+:class:`HwnasError` saying "skipped: ..." so callers and tests can skip with that reason.
+"""
 
 from __future__ import annotations
 
+import glob
+import io
+import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from hwnas.errors import HwnasError
 from hwnas.registry import Registry
 
 BACKENDS = Registry("device backend")
+RAPL_GLOB = "/sys/class/powercap/intel-rapl*/energy_uj"
+# "wall": elapsed time (what a user waits). "cpu": CPU time of the timing thread - with one
+# thread doing all the work it is the latency the model would have on an idle core, and it
+# does not count time other processes hold the core (use it on a shared machine).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 @dataclass(frozen=True)
@@ -19,42 +42,276 @@ class Measurement:
     latency_ms: float  # median over repeats
     iqr_ms: float  # inter-quartile range: the timing noise
     repeats: int
-    energy_mJ: Optional[float] = None
+    energy_mJ: Optional[float] = None  # per forward pass of the batch, from a hardware counter
     power_W: Optional[float] = None
+    energy_source: Optional[str] = None  # "rapl" or "nvml" when energy was measured
 
     def as_dict(self):
         return asdict(self)
 
+    @property
+    def noise(self) -> float:
+        """IQR relative to the median."""
+        return self.iqr_ms / self.latency_ms if self.latency_ms > 0 else float("nan")
 
-@BACKENDS.register("torch-cpu")
-class TorchCPUBackend:
-    """Wall-clock latency of one forward pass of a batch with torch on this machine's CPU."""
+
+# --------------------------------------------------------------------------- energy counters
+class RaplCounter:
+    """Cumulative CPU package energy (micro-joules) from Linux powercap, summed over packages.
+
+    Only top-level packages (``intel-rapl:N``) are summed; their sub-zones (core, dram)
+    are already part of the package figure.
+    """
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+        self.ranges = []
+        for p in self.paths:
+            limit = Path(p).with_name("max_energy_range_uj")
+            self.ranges.append(int(limit.read_text()) if limit.exists() else 2**32)
+
+    @classmethod
+    def open(cls) -> Optional["RaplCounter"]:
+        """The counter if readable here, else None (no powercap, or not permitted)."""
+        paths = [p for p in sorted(glob.glob(RAPL_GLOB)) if Path(p).parent.name.count(":") == 1]
+        try:
+            counter = cls(paths) if paths else None
+            if counter is not None:
+                counter.read()
+            return counter
+        except (OSError, ValueError):
+            return None
+
+    def read(self) -> List[int]:
+        return [int(Path(p).read_text()) for p in self.paths]
+
+    def joules_between(self, before: Sequence[int], after: Sequence[int]) -> float:
+        total = 0
+        for b, a, r in zip(before, after, self.ranges):
+            total += a - b if a >= b else a + r - b  # the counter wrapped
+        return total / 1e6
+
+
+def rapl_available() -> bool:
+    return RaplCounter.open() is not None
+
+
+# --------------------------------------------------------------------------- timing loop
+def time_interleaved(runs: Sequence[Callable[[], object]], warmup: int = 3, repeats: int = 15,
+                     max_repeats: Optional[int] = None, rel_ci: float = 0.02, sync: Callable[[], None] = lambda: None,
+                     energy: Optional[Callable[[], Optional[float]]] = None,
+                     clock: Callable[[], float] = time.perf_counter) -> List[Measurement]:
+    """Time several callables in rounds: per round, each item runs once untimed, then ``repeats`` timed.
+
+    Interleaving spreads every item's runs over the same stretch of time, so a slow spell
+    of a shared machine (another job starting) hits all items alike instead of a few; the
+    untimed run per round puts the item's weights and input back in cache, as they are
+    when it runs inside a network.
+    ``clock``: wall clock by default; ``time.thread_time`` gives the CPU time of the calling
+    thread, which excludes the time other processes hold the core. ``energy``: a callable
+    returning joules used since its last call (read around every run), or None.
+    """
+    max_repeats = max(repeats, max_repeats if max_repeats is not None else 3 * repeats)
+    for run in runs:
+        for _ in range(warmup):
+            run()
+    sync()
+    times: List[List[float]] = [[] for _ in runs]
+    joules = [0.0 for _ in runs]
+    walls = [0.0 for _ in runs]
+    pending = list(range(len(runs)))
+    while pending:
+        for i in pending:
+            runs[i]()  # re-warm: the other items' runs evicted this one's data from the caches
+            sync()
+            for _ in range(min(repeats, max_repeats - len(times[i]))):
+                if energy is not None:
+                    energy()
+                wall, start = time.perf_counter(), clock()
+                runs[i]()
+                sync()
+                times[i].append((clock() - start) * 1e3)
+                walls[i] += time.perf_counter() - wall
+                if energy is not None:
+                    joules[i] += energy() or 0.0
+        pending = [i for i in pending if len(times[i]) < max_repeats and not _stable(times[i], rel_ci)]
+    out = []
+    for t, j, w in zip(times, joules, walls):
+        q1, median, q3 = np.percentile(t, [25, 50, 75])
+        m = Measurement(latency_ms=float(median), iqr_ms=float(q3 - q1), repeats=len(t))
+        if energy is not None:
+            m = Measurement(m.latency_ms, m.iqr_ms, m.repeats, energy_mJ=j * 1e3 / len(t), power_W=j / w,
+                            energy_source=getattr(energy, "source", None))
+        out.append(m)
+    return out
+
+
+def _stable(times: Sequence[float], rel_ci: float) -> bool:
+    """The median's 95 % confidence half-width (boxplot notch) is within ``rel_ci`` of it."""
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
+    return 1.57 * (q3 - q1) / math.sqrt(len(times)) <= rel_ci * median
+
+
+def time_runs(run: Callable[[], object], **settings) -> Measurement:
+    """Time one callable (:func:`time_interleaved` with one item)."""
+    return time_interleaved([run], **settings)[0]
+
+
+def _rapl_meter() -> Optional[Callable[[], Optional[float]]]:
+    counter = RaplCounter.open()
+    if counter is None:
+        return None
+    last = [counter.read()]
+
+    def meter():
+        now = counter.read()
+        joules = counter.joules_between(last[0], now)
+        last[0] = now
+        return joules
+
+    meter.source = "rapl"
+    return meter
+
+
+# --------------------------------------------------------------------------- backends
+class _Backend:
+    """Settings shared by all backends (what a device profile stores)."""
 
     def __init__(self, batch_size: int = 1, threads: int = 1, warmup: int = 3, repeats: int = 15,
-                 channels_last: bool = False):
+                 max_repeats: Optional[int] = None, rel_ci: float = 0.02, channels_last: bool = False,
+                 clock: str = "wall"):
+        if batch_size < 1 or threads < 1 or repeats < 1 or warmup < 0:
+            raise HwnasError("backend settings: batch_size, threads and repeats must be >= 1, warmup >= 0")
+        if clock not in CLOCKS:
+            raise HwnasError(f"backend settings: unknown clock {clock!r}; allowed: {', '.join(CLOCKS)}")
+        if clock == "cpu" and threads != 1:
+            raise HwnasError("backend settings: clock 'cpu' (thread CPU time) needs threads=1")
+        self.clock = clock
         self.batch_size, self.threads = batch_size, threads
-        self.warmup, self.repeats, self.channels_last = warmup, repeats, channels_last
+        self.warmup, self.repeats, self.max_repeats, self.rel_ci = warmup, repeats, max_repeats, rel_ci
+        self.channels_last = channels_last
+
+    def _timing(self, **extra):
+        return dict(warmup=self.warmup, repeats=self.repeats, max_repeats=self.max_repeats, rel_ci=self.rel_ci,
+                    clock=CLOCKS[self.clock], **extra)
 
     def measure(self, model: torch.nn.Module, input_shape: Sequence[int]) -> Measurement:
+        return self.measure_many([(model, input_shape)])[0]
+
+    def measure_many(self, items):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _input(self, input_shape: Sequence[int]) -> torch.Tensor:
+        return torch.randn(self.batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+
+
+@BACKENDS.register("torch-cpu")
+class TorchCPUBackend(_Backend):
+    """Latency of one forward pass of a batch with torch on this machine's CPU.
+
+    RAPL energy per pass is attached when the powercap counters are readable.
+    """
+
+    def _run(self, model: torch.nn.Module, input_shape: Sequence[int]) -> Callable[[], object]:
+        model = model.eval()
+        x = self._input(input_shape)
+        if self.channels_last and x.dim() == 4:
+            model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+        return lambda: model(x)
+
+    def measure_many(self, items: Sequence[Tuple[torch.nn.Module, Sequence[int]]]) -> List[Measurement]:
+        """Measure (model, input_shape) pairs interleaved (see :func:`time_interleaved`)."""
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            model = model.eval()
-            x = torch.randn(self.batch_size, *input_shape)
-            if self.channels_last:
-                model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-            times = []
             with torch.inference_mode():
-                for _ in range(self.warmup):
-                    model(x)
-                for _ in range(self.repeats):
-                    start = time.perf_counter()
-                    model(x)
-                    times.append((time.perf_counter() - start) * 1e3)
+                runs = [self._run(model, shape) for model, shape in items]
+                return time_interleaved(runs, energy=_rapl_meter(), **self._timing())
         finally:
             torch.set_num_threads(previous_threads)
-        q1, median, q3 = np.percentile(times, [25, 50, 75])
-        return Measurement(latency_ms=float(median), iqr_ms=float(q3 - q1), repeats=len(times))
+
+
+@BACKENDS.register("onnxruntime-cpu")
+class OnnxRuntimeCPUBackend(_Backend):
+    """The model exported to ONNX (``torch.onnx.export``), run by an onnxruntime CPU session."""
+
+    def session(self, model: torch.nn.Module, input_shape: Sequence[int]):
+        import onnxruntime as ort
+
+        x = self._input(input_shape)
+        buffer = io.BytesIO()
+        try:
+            with torch.no_grad():
+                torch.onnx.export(model.eval(), (x,), buffer, input_names=["input"], output_names=["output"],
+                                  dynamo=False)
+        except Exception as err:  # exporter errors come in many types
+            raise HwnasError(f"onnxruntime-cpu: cannot export the model to ONNX: {err}".splitlines()[0]) from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        return session, {"input": x.numpy()}
+
+    def measure_many(self, items: Sequence[Tuple[torch.nn.Module, Sequence[int]]]) -> List[Measurement]:
+        runs = []
+        for model, shape in items:
+            session, feeds = self.session(model, shape)
+            runs.append(lambda session=session, feeds=feeds: session.run(None, feeds))
+        return time_interleaved(runs, energy=_rapl_meter(), **self._timing())
+
+
+@BACKENDS.register("torch-cuda")
+class TorchCUDABackend(_Backend):
+    """Latency with CUDA-event-free wall clock around synchronised runs; NVML energy/power.
+
+    Energy comes from NVML's total-energy counter (Volta and newer) when ``pynvml``
+    (package ``nvidia-ml-py``) is installed; otherwise latency only.
+    """
+
+    def __init__(self, device_index: int = 0, **settings):
+        super().__init__(**settings)
+        if self.clock == "cpu":
+            raise HwnasError("torch-cuda: clock 'cpu' measures the host thread, not the GPU; use 'wall'")
+        if not torch.cuda.is_available():
+            raise HwnasError("torch-cuda skipped: no CUDA device")
+        if device_index >= torch.cuda.device_count():
+            raise HwnasError(f"torch-cuda skipped: no CUDA device {device_index} "
+                             f"({torch.cuda.device_count()} present)")
+        self.device_index = device_index
+
+    def _nvml_meter(self):
+        try:
+            import pynvml
+        except ImportError:
+            return None
+        try:
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
+            last = [pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)]  # millijoules
+        except pynvml.NVMLError:
+            return None
+
+        def meter():
+            now = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            joules = (now - last[0]) / 1e3
+            last[0] = now
+            return joules
+
+        meter.source = "nvml"
+        return meter
+
+    def measure_many(self, items: Sequence[Tuple[torch.nn.Module, Sequence[int]]]) -> List[Measurement]:
+        device = torch.device("cuda", self.device_index)
+        runs = []
+        for model, shape in items:
+            model, x = model.eval().to(device), self._input(shape).to(device)
+            if self.channels_last and x.dim() == 4:
+                model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+            runs.append(lambda model=model, x=x: model(x))
+        with torch.inference_mode():
+            return time_interleaved(runs, sync=lambda: torch.cuda.synchronize(device), energy=self._nvml_meter(),
+                                    **self._timing())
 
 
 def create_backend(name: str, **settings):

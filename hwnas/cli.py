@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Idle OpenMP threads must sleep, not spin: on a shared CPU, spinning threads slow every
+# torch call many times over. Set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import List, Optional
 
@@ -96,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_supernets import register as register_supernets
 
     register_supernets(sub)
-    __import__("hwnas.cli_devices", fromlist=["register"]).register(sub)  # hwnas devices ...
+    from .cli_devices import register as register_devices
+
+    register_devices(sub)
     return parser
 
 
@@ -107,6 +114,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except HwnasError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted; 'hwnas resume RUN_DIR' continues a run", file=sys.stderr)
         return 130

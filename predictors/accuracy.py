@@ -7,11 +7,13 @@ give uncertainty (Gaussian process, random forest) answer ``predict(X, return_st
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Sequence
 
 import numpy as np
 from scipy.stats import kendalltau
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
@@ -73,6 +75,11 @@ class AccuracyPredictor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y):
+        with warnings.catch_warnings():  # GP hyper-parameters at their bounds are expected on few samples
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         X, y = check_X_y(X, y, dtype=float, y_numeric=True)
         if len(y) < 4:
             raise ValueError(f"AccuracyPredictor needs at least 4 samples, got {len(y)}")

@@ -1,0 +1,102 @@
+"""Analytical energy (and power) estimate for devices without an energy meter - label: ``estimated``.
+
+    energy = MACs x E_mac(precision) + DRAM bytes x E_dram_byte
+
+Figures from M. Horowitz, "Computing's energy problem (and what we can do about it)",
+ISSCC 2014, Table/Fig. for a 45 nm process at 0.9 V:
+
+* 32-bit float: multiply 3.7 pJ + add 0.9 pJ  -> 4.6 pJ per MAC
+* 16-bit float: multiply 1.1 pJ + add 0.4 pJ  -> 1.5 pJ per MAC (bf16 taken the same)
+* 8-bit int:    multiply 0.2 pJ + add 0.03 pJ -> 0.23 pJ per MAC
+* DRAM: about 640 pJ per 32-bit word          -> 160 pJ per byte
+
+Memory traffic model (an upper-bound style count, no on-chip reuse across layers): every
+conv / linear layer reads its weights and its input from DRAM and writes its output to
+DRAM once per forward pass of the batch. Newer processes are more efficient, so the
+figures rank architectures by energy better than they predict a given chip's joules;
+values derived this way are always labelled ``estimated``. Power = energy / latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from hwnas.errors import HwnasError
+
+ESTIMATED = "estimated"
+# picojoules per multiply-accumulate, Horowitz ISSCC 2014 (45 nm)
+MAC_PJ = {"fp32": 3.7 + 0.9, "fp16": 1.1 + 0.4, "bf16": 1.1 + 0.4, "int8": 0.2 + 0.03}
+DRAM_PJ_PER_BYTE = 640.0 / 4  # 640 pJ per 32-bit DRAM word
+BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Work of one forward pass of a batch: multiply-accumulates and values moved to/from DRAM."""
+
+    macs: float
+    weight_values: float
+    activation_values: float
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(self.macs + other.macs, self.weight_values + other.weight_values,
+                      self.activation_values + other.activation_values)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in MAC_PJ:
+        raise HwnasError(f"unknown precision {precision!r} for the energy estimate; allowed: {', '.join(MAC_PJ)}")
+
+
+def energy_mJ(counts: Counts, precision: str = "fp32") -> float:
+    """Estimated energy of one forward pass, in millijoules."""
+    _check_precision(precision)
+    dram_bytes = (counts.weight_values + counts.activation_values) * BYTES_PER_VALUE[precision]
+    picojoules = counts.macs * MAC_PJ[precision] + dram_bytes * DRAM_PJ_PER_BYTE
+    return picojoules * 1e-9
+
+
+def power_W(energy_mj: float, latency_ms: float) -> float:
+    return energy_mj / latency_ms  # mJ / ms = W
+
+
+@torch.no_grad()
+def count_model(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> Counts:
+    """MACs and DRAM values of one forward pass of a batch, over its conv and linear layers.
+
+    MACs follow the usual convention (also :mod:`hwnas.tabular`'s): output elements x
+    input channels per group x kernel area for a conv, x input features for a linear
+    layer; batch norm, activations and element-wise ops are not counted.
+    """
+    totals = [0.0, 0.0, 0.0]  # macs, weights, activations
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            per_output = module.in_features
+        totals[0] += output.numel() * per_output
+        totals[1] += sum(p.numel() for p in module.parameters(recurse=False))
+        totals[2] += inputs[0].numel() + output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        model.eval()(torch.zeros(batch_size, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return Counts(*totals)
+
+
+def estimate_model(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, precision: str = "fp32",
+                   latency_ms: float | None = None) -> dict:
+    """``{"energy_mJ", "power_W" (when latency is given), "label": "estimated"}`` for a model."""
+    e = energy_mJ(count_model(model, input_shape, batch_size), precision)
+    out = {"energy_mJ": e, "label": ESTIMATED}
+    if latency_ms:
+        out["power_W"] = power_W(e, latency_ms)
+    return out

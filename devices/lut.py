@@ -1,0 +1,176 @@
+"""Once-for-all style lookup tables for elastic supernets: cost of every block choice.
+
+A sub-network's cost is the sum of its parts: the stem at resolution ``r`` (including the
+input resize), each active block slot with its kernel and expand ratio at ``r``, and the
+head (last conv, pooling, classifier) at ``r``. Each part is a real module (copied from the
+supernet) timed alone on a backend; the block input sizes follow from the resolution and
+the slot's stage, never from the other choices. The summed table is then calibrated on a
+few whole sub-networks (:class:`hwnas.devices.predictors.SupernetCostModel`), which absorbs
+the per-call overheads timing parts separately adds or hides.
+
+Entry keys: ``stem@<r>``, ``head@<r>``, ``block<slot>_k<kernel>_e<expand>@<r>``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwnas.errors import HwnasError
+
+from .energy import Counts, count_model
+from .spaces import SupernetDeviceSpace
+
+LUT_FORMAT = 1
+
+
+class _Stem(nn.Module):
+    def __init__(self, resolution: int, stem: nn.Module):
+        super().__init__()
+        self.resolution, self.stem = resolution, stem
+
+    def forward(self, x):
+        from hwnas.supernets.elastic_mbv3 import resize_input
+
+        return self.stem(resize_input(x, self.resolution))
+
+
+class _Head(nn.Module):
+    def __init__(self, head: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.head, self.classifier = head, classifier
+
+    def forward(self, x):
+        return self.classifier(self.head(x).mean((2, 3)))
+
+
+def _check_supported(dspace: SupernetDeviceSpace):
+    net = dspace.supernet
+    if not all(hasattr(net, a) for a in ("stem", "blocks", "head", "classifier", "active_blocks")):
+        raise HwnasError(f"per-block lookup tables need an elastic MobileNetV3-style supernet "
+                         f"(stem, blocks, head); {dspace.supernet_name!r} is not one")
+    return net
+
+
+def entry_key(part: str, resolution: int) -> str:
+    return f"{part}@{resolution}"
+
+
+def block_part(slot: int, kernel: int, expand: int) -> str:
+    return f"block{slot}_k{kernel}_e{expand}"
+
+
+@torch.no_grad()
+def lut_parts(dspace: SupernetDeviceSpace) -> List[Tuple[str, Callable[[], nn.Module], Tuple[int, ...]]]:
+    """Every (key, module factory, input shape) the table holds, in execution order."""
+    net = _check_supported(dspace)
+    kw = net.init_kwargs
+    parts = []
+    extracted: Dict[Tuple[int, int, int], nn.Module] = {}  # a block choice is the same module at every r
+
+    def block_module(slot: int, k: int, e: int) -> nn.Module:
+        if (slot, k, e) not in extracted:
+            extracted[slot, k, e] = net.blocks[slot].extract(k, e)
+        return extracted[slot, k, e]
+
+    for r in kw["resolutions"]:
+        stem = _Stem(r, net.stem).eval()
+        parts.append((entry_key("stem", r), lambda stem=stem: stem, tuple(dspace.input_shape)))
+        x = stem(torch.zeros(1, *dspace.input_shape))
+        for slot in range(len(net.blocks)):
+            shape = tuple(x.shape[1:])
+            for k in kw["kernel_sizes"]:
+                for e in kw["expand_ratios"]:
+                    parts.append((entry_key(block_part(slot, k, e), r),
+                                  lambda slot=slot, k=k, e=e: block_module(slot, k, e), shape))
+            x = block_module(slot, kw["kernel_sizes"][0], kw["expand_ratios"][0])(x)
+        head = _Head(net.head, net.classifier).eval()
+        parts.append((entry_key("head", r), lambda head=head: head, tuple(x.shape[1:])))
+    return parts
+
+
+def active_parts(dspace: SupernetDeviceSpace, genome: Sequence[int]) -> List[str]:
+    """The table keys whose sum is the cost of sub-network ``genome``."""
+    net = dspace.supernet
+    config = dspace.space.decode(genome)
+    r = config["r"]
+    blocks = [entry_key(block_part(b, k, e), r) for b, k, e in net.active_blocks(config)]
+    return [entry_key("stem", r)] + blocks + [entry_key("head", r)]
+
+
+def sum_parts(dspace: SupernetDeviceSpace, table: Dict[str, float], genomes) -> np.ndarray:
+    G = np.atleast_2d(np.asarray(genomes, dtype=np.int64))
+    try:
+        return np.array([sum(table[k] for k in active_parts(dspace, g)) for g in G], dtype=float)
+    except KeyError as err:
+        raise HwnasError(f"lookup table of {dspace.name} has no entry {err.args[0]} "
+                         "(measured for another supernet? re-run 'hwnas devices measure')") from None
+
+
+def _counts(make: Callable[[], nn.Module], shape: Tuple[int, ...]) -> Dict[str, float]:
+    c = count_model(make(), shape, batch_size=1)
+    return {"macs": c.macs, "weight_values": c.weight_values, "activation_values": c.activation_values}
+
+
+@lru_cache(maxsize=8)
+def count_table(spec: str) -> Dict[str, Dict[str, float]]:
+    """Work per entry for one image (computed here; ``measure`` stores it in the table file)."""
+    from .spaces import device_space
+
+    return {key: _counts(make, shape) for key, make, shape in lut_parts(device_space(spec))}
+
+
+def energy_table(counts: Dict[str, Dict[str, float]], batch_size: int, precision: str) -> Dict[str, float]:
+    """Estimated energy (mJ) per entry for one forward pass of ``batch_size`` images."""
+    from .energy import energy_mJ
+
+    return {key: energy_mJ(Counts(c["macs"] * batch_size, c["weight_values"], c["activation_values"] * batch_size),
+                           precision) for key, c in counts.items()}
+
+
+def macs_table(counts: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    return {key: c["macs"] for key, c in counts.items()}
+
+
+def measure_table(dspace: SupernetDeviceSpace, backend, progress: Optional[Callable[[int, int], None]] = None) \
+        -> Dict[str, Dict[str, float]]:
+    """Time every table entry on ``backend``, interleaved: ``{key: {"latency_ms", "iqr_ms", counts}}``."""
+    parts = lut_parts(dspace)
+    if progress:
+        progress(0, len(parts))
+    measured = backend.measure_many([(make(), shape) for _, make, shape in parts])
+    if progress:
+        progress(len(parts), len(parts))
+    return {key: {"latency_ms": m.latency_ms, "iqr_ms": m.iqr_ms, **_counts(make, shape)}
+            for (key, make, shape), m in zip(parts, measured)}
+
+
+def lut_document(dspace: SupernetDeviceSpace, entries: Dict[str, Dict[str, float]], backend_settings: dict) -> str:
+    """The ``lut-<space>.json`` text: entries plus what they were measured for."""
+    net = dspace.supernet
+    return json.dumps({"format": LUT_FORMAT, "space": dspace.name, "supernet": net.registry_name,
+                       "supernet_kwargs": _jsonable(net.init_kwargs), "input_shape": list(dspace.input_shape),
+                       "backend": backend_settings, "entries": entries}, indent=1)
+
+
+def read_lut(path, dspace: SupernetDeviceSpace) -> Dict[str, Dict[str, float]]:
+    """Entries of a ``lut-<space>.json``, checked against the space's supernet."""
+    try:
+        doc = json.loads(open(path).read())
+    except (OSError, json.JSONDecodeError) as err:
+        raise HwnasError(f"cannot read lookup table {path}: {err}") from None
+    if doc.get("format") != LUT_FORMAT:
+        raise HwnasError(f"{path}: lookup table format {doc.get('format')} (expected {LUT_FORMAT})")
+    if doc.get("supernet_kwargs") != _jsonable(dspace.supernet.init_kwargs):
+        raise HwnasError(f"{path}: measured for a supernet of another shape than {dspace.name}; "
+                         "re-run 'hwnas devices measure'")
+    return doc["entries"]
+
+
+def _jsonable(kwargs: dict) -> dict:
+    return json.loads(json.dumps(kwargs, default=list))

@@ -1,0 +1,143 @@
+"""``hwnas devices measure``: build a device's lookup table and samples on a backend.
+
+For a supernet space: every table entry (:mod:`hwnas.devices.lut`) and the space's 10
+reference sub-networks (whole, the calibration samples) are timed on the backend. When
+the device profile names a ``ray_resource`` (e.g. ``device:jetson``), the job runs as a
+Ray task requiring one unit of that custom resource, i.e. on the node that holds the
+device; the driver then writes the results into its registry.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from hwnas.errors import HwnasError
+
+from .backends import BACKENDS, create_backend
+from .registry import DeviceSpec, Samples, check_name, find_device, save_device
+from .spaces import SupernetDeviceSpace, device_space
+
+DEFAULT_SETTINGS = {"batch_size": 32, "threads": 1}
+# Up to 7 rounds of 15 timings: a table entry is cheap, and the sum of a dozen of them needs
+# each median tight (the stopping rule ends earlier when the timings are steady).
+DEFAULT_TIMING = {"repeats": 15, "max_repeats": 105}
+KIND_OF_BACKEND = {"torch-cpu": "cpu", "onnxruntime-cpu": "cpu", "torch-cuda": "gpu"}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_job(space: str, backend: str, settings: dict, progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Measure table and reference samples of ``space`` here; returns plain data (Ray-safe)."""
+    from .lut import measure_table
+
+    dspace = device_space(space)
+    if not isinstance(dspace, SupernetDeviceSpace):
+        raise HwnasError(f"measure needs a supernet space (e.g. elastic_mbv3); for the tabular space {space!r} "
+                         f"time the architectures of 'hwnas devices refs --space {space}' with your own tooling "
+                         "and use 'hwnas devices add'")
+    runner = create_backend(backend, **settings)
+    report = (lambda done, total: progress(f"lookup table {done}/{total}")) if progress else None
+    entries = measure_table(dspace, runner, report)
+    archs = dspace.reference_archs()
+    models = [dspace.supernet.extract(dspace.space.decode(dspace.parse_arch(a))) for a in archs]
+    if progress:
+        progress(f"{len(archs)} reference sub-networks")
+    measured = runner.measure_many([(m, dspace.input_shape) for m in models])
+    rows = [{"arch": a, **{k: v for k, v in m.as_dict().items() if v is not None}} for a, m in zip(archs, measured)]
+    return {"entries": entries, "samples": rows, "host": socket.gethostname(), "node": _ray_node_id(),
+            "hardware": cpu_name() if KIND_OF_BACKEND.get(backend) == "cpu" else ""}
+
+
+def _ray_node_id() -> Optional[str]:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # not inside Ray
+        return None
+
+
+def _run_on_ray(resource: str, *args) -> dict:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
+    if resource not in ray.cluster_resources():
+        raise HwnasError(f"no Ray node offers the resource {resource!r} (start the device's node with "
+                         f"--resources='{{\"{resource}\": 1}}')")
+    task = ray.remote(num_cpus=1, resources={resource: 1}, max_retries=0)(measure_job)
+    try:
+        return ray.get(task.remote(*args))
+    except ray.exceptions.RayTaskError as err:
+        cause = err.as_instanceof_cause()
+        if isinstance(cause, HwnasError):
+            raise HwnasError(str(cause).splitlines()[0]) from None
+        raise
+
+
+def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size: Optional[int] = None,
+                   threads: Optional[int] = None, home: Optional[os.PathLike] = None,
+                   hardware: Optional[str] = None, ray_resource: Optional[str] = None,
+                   progress: Optional[Callable[[str], None]] = None, **timing) -> Dict:
+    """Measure ``space`` on ``backend`` for device ``name`` and store table + samples in its profile.
+
+    Settings not given come from the existing profile, else batch 32, 1 thread; ``timing``
+    (warmup, repeats, max_repeats, rel_ci) goes to the backend. Returns a
+    summary: entries and samples counts, noise (median IQR / median), where it ran.
+    """
+    if backend not in BACKENDS:
+        raise HwnasError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS.names())}")
+    dspace = device_space(space)
+    if not isinstance(dspace, SupernetDeviceSpace):
+        measure_job(space, backend, {})  # raises the explanation
+    check_name(name)
+    existing = find_device(name, home)
+    fields = existing.spec.model_dump() if existing is not None else {"name": name}
+    settings = dict(DEFAULT_SETTINGS)
+    settings.update({k: fields[k] for k in DEFAULT_SETTINGS if fields.get(k)})
+    settings.update({k: v for k, v in dict(batch_size=batch_size, threads=threads).items() if v is not None})
+    runner_settings = {**settings, **DEFAULT_TIMING, **timing}
+    resource = ray_resource or fields.get("ray_resource")
+    args = (dspace.name, backend, runner_settings)
+    result = _run_on_ray(resource, *args) if resource else measure_job(*args, progress=progress)
+
+    from .lut import lut_document
+
+    rows = result["samples"]
+    genomes = np.stack([dspace.parse_arch(r["arch"]) for r in rows])
+    values = {"latency_ms": np.array([r["latency_ms"] for r in rows]),
+              "latency_iqr_ms": np.array([r["iqr_ms"] for r in rows])}
+    for metric in ("energy_mJ", "power_W"):
+        if all(metric in r for r in rows):
+            values[metric] = np.array([r[metric] for r in rows])
+    samples = Samples(dspace.name, [r["arch"] for r in rows], genomes, values)
+    fields.update(settings, backend=backend, ray_resource=resource)
+    fields.setdefault("kind", KIND_OF_BACKEND.get(backend, "other"))
+    if hardware or not fields.get("hardware"):
+        fields["hardware"] = hardware or result["hardware"]
+    fields["source"] = f"measured with hwnas devices measure ({backend}) on host {result['host']}"
+    fields["labels"] = [label for label in fields.get("labels", []) if label != "shipped"]
+    fields["spaces"] = {**fields.get("spaces", {}), dspace.slug: dspace.name}
+    files = {f"samples-{dspace.slug}.csv": samples,
+             f"lut-{dspace.slug}.json": lut_document(dspace, result["entries"], {"name": backend, **runner_settings})}
+    profile = save_device(DeviceSpec(**{k: v for k, v in fields.items() if v is not None}), files, home,
+                          base=existing)
+    entry_noise = [e["iqr_ms"] / e["latency_ms"] for e in result["entries"].values()]
+    sample_noise = values["latency_iqr_ms"] / values["latency_ms"]
+    return {"profile": profile, "entries": len(result["entries"]), "samples": len(rows),
+            "noise_entries": float(np.median(entry_noise)), "noise_samples": float(np.median(sample_noise)),
+            "host": result["host"], "node": result["node"], "settings": settings}

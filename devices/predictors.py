@@ -1,0 +1,171 @@
+"""Per-device cost predictors: ``cost_model(device, space).predict(genomes) -> {metric: array}``.
+
+* Tabular spaces (``nb201``, ``fbnet``, ``ofa_mbv3``): the shipped meta-learned few-shot
+  predictor (:mod:`hwnas.predictors.fewshot`) adapted to the device's samples, one
+  adaptation per metric column the samples have (latency_ms, energy_mJ, power_W).
+* Supernet spaces: the device's per-block lookup table (``hwnas devices measure``) summed
+  over the sub-network's parts, calibrated by a linear fit on the whole sub-networks in
+  the samples. A device with samples but no table falls back to the MAC count summed the
+  same way (what a FLOPs proxy gives). Energy without measured energy samples is the
+  analytical estimate of :mod:`hwnas.devices.energy` and is labelled ``estimated``;
+  power is then energy / predicted latency, labelled the same.
+
+``labels[metric]`` tells where each number comes from: ``fitted`` (a model fitted to
+the device's measurements), ``derived`` (from other fitted metrics) or ``estimated``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+from scipy.stats import spearmanr, theilslopes
+
+from hwnas.errors import HwnasError
+
+from .energy import ESTIMATED
+from .registry import DeviceProfile, Samples, get_device
+from .spaces import DeviceSpace, SupernetDeviceSpace, TabularDeviceSpace, device_space
+
+FITTED, DERIVED = "fitted", "derived"
+
+
+class CostModel:
+    """Predicts a device's cost metrics for genomes of one space."""
+
+    def __init__(self, profile: DeviceProfile, dspace: DeviceSpace, samples: Optional[Samples]):
+        self.profile, self.dspace, self.samples = profile, dspace, samples
+        self.labels: Dict[str, str] = {}
+        self.method = ""
+
+    @property
+    def device(self) -> str:
+        return self.profile.name
+
+    @property
+    def space(self):
+        """The :class:`hwnas.space.SearchSpace` whose genomes ``predict`` takes."""
+        return self.dspace.space
+
+    @property
+    def metrics(self) -> List[str]:
+        return list(self.labels)
+
+    def predict(self, genomes) -> Dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict_archs(self, archs: List[str]) -> Dict[str, np.ndarray]:
+        return self.predict(np.stack([self.dspace.parse_arch(a) for a in archs]))
+
+    def _refit(self, samples: Samples) -> "CostModel":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loo_spearman(self) -> Dict[str, float]:
+        """Leave-one-out Spearman rho of each fitted metric on the device's samples."""
+        s = self.samples
+        if s is None or len(s) < 3:
+            return {}
+        preds = {m: np.empty(len(s)) for m in s.metrics}
+        for i in range(len(s)):
+            keep = np.arange(len(s)) != i
+            rest = Samples(s.space, [a for j, a in enumerate(s.archs) if j != i], s.genomes[keep],
+                           {m: v[keep] for m, v in s.values.items()})
+            out = self._refit(rest).predict(s.genomes[i:i + 1])
+            for m in preds:
+                preds[m][i] = out[m][0]
+        return {m: float(spearmanr(preds[m], s.values[m])[0]) for m in preds}
+
+
+# --------------------------------------------------------------------------- tabular
+@lru_cache(maxsize=None)
+def _pretrained(space: str):
+    from hwnas.predictors.fewshot import load_pretrained
+
+    return load_pretrained(space)
+
+
+class TabularCostModel(CostModel):
+    def __init__(self, profile: DeviceProfile, dspace: TabularDeviceSpace, samples: Samples):
+        super().__init__(profile, dspace, samples)
+        base = _pretrained(dspace.name)
+        self.method = "few-shot (meta-learned, adapted to the samples)"
+        self.adapted = {m: base.adapt(samples.values[m], samples.genomes) for m in samples.metrics}
+        self.labels = {m: FITTED for m in samples.metrics}
+        if "energy_mJ" in self.adapted and "power_W" not in self.adapted:
+            self.labels["power_W"] = DERIVED
+
+    def _refit(self, samples: Samples) -> "TabularCostModel":
+        return TabularCostModel(self.profile, self.dspace, samples)
+
+    def predict(self, genomes) -> Dict[str, np.ndarray]:
+        out = {m: model.predict(genomes) for m, model in self.adapted.items()}
+        if self.labels.get("power_W") == DERIVED:
+            out["power_W"] = out["energy_mJ"] / out["latency_ms"]
+        return out
+
+
+# --------------------------------------------------------------------------- supernet
+def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple:
+    """y ~ a x + b, robustly (Theil-Sen: median of pairwise slopes), since a few of a handful of
+    timings on a shared machine can be far off; a proportional fit if the slope is not positive."""
+    if len(x) >= 3 and np.ptp(x) > 0:
+        a, b = theilslopes(y, x)[:2]
+        if a > 0:
+            return float(a), float(b)
+    return float(np.median(y / x)), 0.0
+
+
+class SupernetCostModel(CostModel):
+    def __init__(self, profile: DeviceProfile, dspace: SupernetDeviceSpace, samples: Optional[Samples]):
+        from .lut import count_table, energy_table, macs_table, read_lut
+
+        super().__init__(profile, dspace, samples)
+        lut_file = profile.file("lut", dspace.name, "json")
+        if lut_file.is_file():
+            counts = read_lut(lut_file, dspace)
+            self.table = {key: entry["latency_ms"] for key, entry in counts.items()}
+            self.method = "per-block lookup table"
+        elif samples is not None:
+            counts = count_table(dspace.name)
+            self.table, self.method = macs_table(counts), "MAC count (no lookup table measured)"
+        else:
+            raise HwnasError(f"device {profile.name!r} has neither samples nor a lookup table for {dspace.name}; "
+                             f"run 'hwnas devices measure {profile.name} --space {dspace.name} --backend torch-cpu'")
+        self.energy = energy_table(counts, profile.spec.batch_size, profile.spec.precision)
+        self.latency_fit = (1.0, 0.0)
+        self.energy_fit = (1.0, 0.0)
+        if samples is not None:
+            self.method += f", calibrated on {len(samples)} whole sub-networks"
+            self.latency_fit = _linear_fit(self._sum(self.table, samples.genomes), samples.values["latency_ms"])
+            if "energy_mJ" in samples.values:
+                self.energy_fit = _linear_fit(self._sum(self.energy, samples.genomes), samples.values["energy_mJ"])
+        measured_energy = samples is not None and "energy_mJ" in samples.values
+        self.labels = {"latency_ms": FITTED, "energy_mJ": FITTED if measured_energy else ESTIMATED,
+                       "power_W": DERIVED if measured_energy else ESTIMATED}
+
+    def _sum(self, table, genomes) -> np.ndarray:
+        from .lut import sum_parts
+
+        return sum_parts(self.dspace, table, genomes)
+
+    def _refit(self, samples: Samples) -> "SupernetCostModel":
+        return SupernetCostModel(self.profile, self.dspace, samples)
+
+    def predict(self, genomes) -> Dict[str, np.ndarray]:
+        a, b = self.latency_fit
+        latency = a * self._sum(self.table, genomes) + b
+        a, b = self.energy_fit
+        energy = a * self._sum(self.energy, genomes) + b
+        return {"latency_ms": latency, "energy_mJ": energy, "power_W": energy / latency}
+
+
+def cost_model(device: Union[str, DeviceProfile], space: str, home: Optional[os.PathLike] = None) -> CostModel:
+    """The cost predictor of ``device`` (a name in the registry, or a profile) on ``space``."""
+    profile = device if isinstance(device, DeviceProfile) else get_device(device, home)
+    dspace = device_space(space)
+    samples = profile.samples(dspace.name) if (profile.has_space(dspace.name) or dspace.kind == "tabular") else None
+    if isinstance(dspace, TabularDeviceSpace):
+        return TabularCostModel(profile, dspace, samples)
+    return SupernetCostModel(profile, dspace, samples)

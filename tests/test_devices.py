@@ -1,0 +1,363 @@
+"""Device profiles, the `hwnas devices` CLI, per-device cost models, backends and energy estimates."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import BENCH, requires
+
+from hwnas.cli import main
+from hwnas.devices import backends, energy, registry
+from hwnas.devices.lut import active_parts, lut_parts
+from hwnas.devices.predictors import cost_model
+from hwnas.devices.spaces import device_space
+from hwnas.errors import HwnasError
+
+FAST = dict(warmup=1, repeats=3, max_repeats=3)
+
+
+def fewshot_artifact(space):
+    from hwnas.predictors.fewshot import artifact_path
+
+    return pytest.mark.skipif(not artifact_path(space).is_file(),
+                              reason=f"pretrained few-shot predictor for {space} not built yet")
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """Every test gets an empty user registry; the real ~/.hwnas is never touched."""
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "hwnas"))
+    return tmp_path / "hwnas" / "devices"
+
+
+@pytest.fixture(scope="session")
+def tiny_space(tmp_path_factory):
+    """A small elastic_mbv3 checkpoint so measuring its whole lookup table takes seconds."""
+    from hwnas import supernets
+
+    net = supernets.create("elastic_mbv3", stage_widths=(8, 16), stage_strides=(1, 2), stage_se=(False, True),
+                           min_depth=1, max_depth=2, kernel_sizes=(3, 5), expand_ratios=(2, 3),
+                           resolutions=(12, 16), stem_width=8, head_width=32)
+    path = supernets.save_checkpoint(net, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    return f"elastic_mbv3:{path}"
+
+
+@pytest.fixture(scope="session")
+def measured_home(tmp_path_factory, tiny_space):
+    """A registry with device 'tinycpu' measured on the tiny space (shared: measuring costs seconds)."""
+    from hwnas.devices.measure import measure_device
+
+    root = tmp_path_factory.mktemp("measured") / "devices"
+    result = measure_device("tinycpu", tiny_space, "torch-cpu", batch_size=2, threads=1, home=root, **FAST)
+    return root, result
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def snapshot(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def reference_rows(space, scale=1.0):
+    archs = device_space(space).reference_archs()
+    return [[a, f"{scale * (1 + i):.3f}"] for i, a in enumerate(archs)]
+
+
+# --------------------------------------------------------------------------- shipped profiles
+def test_shipped_profiles_hold_the_reference_samples():
+    pixel3 = registry.get_device("pixel3")
+    assert pixel3.shipped and pixel3.spec.kind == "phone" and "shipped" in pixel3.spec.labels
+    samples = pixel3.samples("nb201")
+    assert samples.archs == device_space("nb201").reference_archs()
+    assert samples.metrics == ["latency_ms"] and (samples.values["latency_ms"] > 0).all()
+    names = [p.name for p in registry.list_devices()]
+    assert {"pixel3", "gold_6240", "v100_1"} <= set(names)
+
+
+@requires(BENCH)
+def test_shipped_profiles_match_the_tables():
+    from hwnas.tabular import TabularBenchmark
+
+    for space, device in (("nb201", "pixel3"), ("fbnet", "samsung_a50"), ("ofa_mbv3", "v100_1")):
+        bench = TabularBenchmark.load(space)
+        s = registry.get_device(device).samples(space)
+        np.testing.assert_array_equal(s.genomes, bench.reference_genomes())
+        np.testing.assert_allclose(s.values["latency_ms"], bench.lookup(s.genomes, device), rtol=1e-4)
+
+
+def test_refs_prints_a_template(capsys):
+    assert main(["devices", "refs", "--space", "nb201"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0] == ["arch", "latency_ms"] and len(rows) == 11
+    assert all(r[1] == "" for r in rows[1:])
+    assert [r[0] for r in rows[1:]] == registry.get_device("pixel3").samples("nb201").archs
+
+
+# --------------------------------------------------------------------------- add: errors
+BAD_SAMPLES = {
+    "too few rows": (["arch", "latency_ms"], lambda rows: rows[:4], "at least 5"),
+    "duplicate": (["arch", "latency_ms"], lambda rows: rows + [rows[0]], "duplicate of row 2"),
+    "unknown arch": (["arch", "latency_ms"], lambda rows: [["|bogus~0|", "1"]] + rows, "row 2: column arch"),
+    "negative": (["arch", "latency_ms"], lambda rows: [[rows[0][0], "-1"]] + rows[1:], "column latency_ms"),
+    "zero": (["arch", "latency_ms"], lambda rows: [[rows[0][0], "0"]] + rows[1:], "finite number > 0"),
+    "nan": (["arch", "latency_ms"], lambda rows: [[rows[0][0], "nan"]] + rows[1:], "finite number > 0"),
+    "inf": (["arch", "latency_ms"], lambda rows: rows[:-1] + [[rows[-1][0], "inf"]], "row 11"),
+    "text": (["arch", "latency_ms"], lambda rows: [[rows[0][0], "fast"]] + rows[1:], "not a number"),
+    "wrong column": (["arch", "latency"], lambda rows: rows, "missing column(s) latency_ms"),
+    "extra column": (["arch", "latency_ms", "temp_C"], lambda rows: [r + ["40"] for r in rows], "unknown column"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SAMPLES))
+def test_add_rejects_bad_samples_and_leaves_registry_untouched(case, tmp_path, home, capsys):
+    header, edit, expected = BAD_SAMPLES[case]
+    path = write_csv(tmp_path / "s.csv", header, edit(reference_rows("nb201")))
+    before = snapshot(home)
+    assert main(["devices", "add", "mydev", "--space", "nb201", "--samples", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(path) in err and expected in err, err
+    assert snapshot(home) == before
+
+
+def test_add_rejects_unknown_space_missing_file_and_existing_name(tmp_path, home, capsys):
+    path = write_csv(tmp_path / "s.csv", ["arch", "latency_ms"], reference_rows("nb201"))
+    assert main(["devices", "add", "d", "--space", "nb999", "--samples", str(path)]) == 2
+    assert "unknown space 'nb999'" in capsys.readouterr().err
+    assert main(["devices", "add", "d", "--space", "nb201", "--samples", str(tmp_path / "no.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["devices", "add", "pixel3", "--space", "nb201", "--samples", str(path)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["devices", "add", "bad/name", "--space", "nb201", "--samples", str(path)]) == 2
+    assert "invalid device name" in capsys.readouterr().err
+    assert snapshot(home) == []
+    assert main(["devices", "show", "nosuchdevice"]) == 2
+    assert "unknown device 'nosuchdevice'" in capsys.readouterr().err
+
+
+def test_failed_write_leaves_registry_untouched(tmp_path, home, monkeypatch):
+    path = write_csv(tmp_path / "s.csv", ["arch", "latency_ms"], reference_rows("nb201"))
+    registry.add_device("keep", "nb201", path)
+    before = {p: p.read_bytes() for p in home.rglob("*") if p.is_file()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(registry, "write_samples", disk_full)
+    with pytest.raises(OSError):
+        registry.add_device("keep", "nb201", path, force=True)
+    with pytest.raises(OSError):
+        registry.add_device("other", "nb201", path)
+    assert {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} == before  # no temp folders left
+
+
+# --------------------------------------------------------------------------- add / shadow / remove
+def test_user_profile_shadows_shipped_and_keeps_its_other_spaces(tmp_path, home):
+    rows = reference_rows("nb201", scale=2.0)
+    path = write_csv(tmp_path / "s.csv", ["arch", "latency_ms"], rows)
+    profile = registry.add_device("pixel3", "nb201", path, force=True)
+    assert not profile.shipped and profile.path.parent == home
+    again = registry.get_device("pixel3")
+    assert not again.shipped and again.samples("nb201").values["latency_ms"][0] == 2.0
+    assert again.has_space("fbnet")  # copied from the shipped profile
+    assert "shipped" not in again.spec.labels
+    registry.remove_device("pixel3")
+    assert registry.get_device("pixel3").shipped  # the shipped one shows again
+    with pytest.raises(HwnasError, match="read-only"):
+        registry.remove_device("pixel3")
+
+
+def test_cli_list_show_remove(tmp_path, capsys):
+    path = write_csv(tmp_path / "s.csv", ["arch", "latency_ms", "energy_mJ"],
+                     [r + ["3.5"] for r in reference_rows("fbnet")])
+    from hwnas.devices.registry import add_device
+
+    add_device("myboard", "fbnet", path, hardware="Raspberry Pi 4", kind="board")
+    assert main(["devices", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "myboard" in out and "Raspberry Pi 4" in out and "user" in out and "pixel3" in out
+    assert main(["devices", "show", "myboard"]) == 0
+    out = capsys.readouterr().out
+    assert "kind: board" in out and "samples fbnet: 10 rows, metrics latency_ms, energy_mJ" in out
+    assert main(["devices", "remove", "myboard"]) == 0
+    assert main(["devices", "show", "myboard"]) == 2
+
+
+# --------------------------------------------------------------------------- tabular cost models
+@fewshot_artifact("nb201")
+def test_add_then_predict_nb201_matches_the_fewshot_predictor(tmp_path, capsys):
+    from hwnas.predictors.fewshot import load_pretrained
+
+    shipped = registry.get_device("gold_6240").samples("nb201")
+    path = write_csv(tmp_path / "s.csv", ["arch", "latency_ms"],
+                     [[a, v] for a, v in zip(shipped.archs, shipped.values["latency_ms"])])
+    assert main(["devices", "add", "mycpu", "--space", "nb201", "--samples", str(path), "--kind", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "leave-one-out Spearman rho" in out and "10 reference architectures" in out
+    space = device_space("nb201")
+    genomes = space.space.sample(np.random.default_rng(0), 200)
+    archs = write_csv(tmp_path / "a.csv", ["arch"], [[space.format_arch(g)] for g in genomes])
+    assert main(["devices", "predict", "mycpu", "--space", "nb201", "--archs", str(archs),
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    with open(tmp_path / "p.csv") as f:
+        predicted = np.array([float(r["latency_ms"]) for r in csv.DictReader(f)])
+    direct = load_pretrained("nb201").adapt(shipped.values["latency_ms"], shipped.genomes).predict(genomes)
+    np.testing.assert_allclose(predicted, direct, rtol=1e-5)
+    model = cost_model("mycpu", "nb201")
+    assert model.labels == {"latency_ms": "fitted"}
+
+
+# --------------------------------------------------------------------------- supernet lookup tables
+def test_lookup_table_parts_compose_to_the_subnetwork(tiny_space):
+    """Running a sub-network's table parts in order gives the extracted network's output."""
+    dspace = device_space(tiny_space)
+    parts = {key: (make, shape) for key, make, shape in lut_parts(dspace)}
+    x = torch.randn(2, *dspace.input_shape)
+    for g in dspace.space.sample(np.random.default_rng(0), 4):
+        y = x
+        for key in active_parts(dspace, g):
+            make, shape = parts[key]
+            assert tuple(y.shape[1:]) == shape
+            y = make()(y)
+        with torch.no_grad():
+            expected = dspace.supernet.extract(dspace.space.decode(g))(x)
+        torch.testing.assert_close(y, expected)
+
+
+def test_measure_builds_table_and_calibrated_model(measured_home, tiny_space, tmp_path, capsys):
+    root, result = measured_home
+    profile = result["profile"]
+    assert result["entries"] == len(lut_parts(device_space(tiny_space))) and result["samples"] == 10
+    assert profile.spec.backend == "torch-cpu" and profile.spec.batch_size == 2 and profile.spec.kind == "cpu"
+    assert profile.file("lut", tiny_space, "json").is_file()
+    model = cost_model("tinycpu", tiny_space, root)
+    assert model.method.startswith("per-block lookup table")
+    assert model.labels == {"latency_ms": "fitted", "energy_mJ": "estimated", "power_W": "estimated"}
+    dspace = device_space(tiny_space)
+    genomes = dspace.space.sample(np.random.default_rng(1), 20)
+    out = model.predict(genomes)
+    a, b = model.latency_fit
+    from hwnas.devices.lut import sum_parts
+
+    np.testing.assert_allclose(out["latency_ms"], a * sum_parts(dspace, model.table, genomes) + b)
+    assert (out["latency_ms"] > 0).all() and (out["energy_mJ"] > 0).all()
+    np.testing.assert_allclose(out["power_W"], out["energy_mJ"] / out["latency_ms"])
+    # the largest sub-network costs more energy than the smallest
+    e = model.predict(np.stack([dspace.space.smallest(), dspace.space.largest()]))["energy_mJ"]
+    assert e[1] > e[0]
+    archs = write_csv(tmp_path / "a.csv", ["arch"], [[a] for a in dspace.reference_archs()])
+    assert main(["devices", "predict", "tinycpu", "--space", tiny_space, "--archs", str(archs), "--out",
+                 str(tmp_path / "p.csv"), "--home", str(root)]) == 0
+    assert "estimated" in capsys.readouterr().out
+    with open(tmp_path / "p.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10 and rows[0]["estimated"] == "energy_mJ;power_W"
+
+
+def test_supernet_samples_without_table_use_mac_counts(tiny_space, tmp_path):
+    """Samples added by hand (no table): the MAC sum, linearly calibrated, with measured energy fitted."""
+    dspace = device_space(tiny_space)
+    from hwnas.devices.lut import count_table, macs_table, sum_parts
+
+    archs = dspace.reference_archs()
+    macs = sum_parts(dspace, macs_table(count_table(tiny_space)), np.stack([dspace.parse_arch(a) for a in archs]))
+    rows = [[a, f"{2.0 + m / 1e5:.6g}", f"{0.5 + m / 1e6:.6g}"] for a, m in zip(archs, macs)]
+    path = write_csv(tmp_path / "s.csv", ["arch", "latency_ms", "energy_mJ"], rows)
+    registry.add_device("handmade", tiny_space, path)
+    model = cost_model("handmade", tiny_space)
+    assert model.method.startswith("MAC count")
+    assert model.labels == {"latency_ms": "fitted", "energy_mJ": "fitted", "power_W": "derived"}
+    assert model.loo_spearman()["latency_ms"] == pytest.approx(1.0)
+    out = model.predict_archs(archs)
+    np.testing.assert_allclose(out["latency_ms"], [float(r[1]) for r in rows], rtol=1e-4)
+
+
+def test_measure_rejects_tabular_space_and_unknown_backend(capsys):
+    assert main(["devices", "measure", "x", "--space", "nb201"]) == 2
+    assert "supernet space" in capsys.readouterr().err
+    assert main(["devices", "measure", "x", "--space", "elastic_mbv3", "--backend", "tpu"]) == 2
+    assert "unknown backend 'tpu'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- energy
+def test_energy_estimate_uses_horowitz_figures():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    counts = energy.count_model(conv, (3, 8, 8), batch_size=2)
+    assert counts.macs == 2 * 8 * 8 * 8 * 3 * 9
+    assert counts.weight_values == 8 * 3 * 9 + 8
+    assert counts.activation_values == 2 * (3 * 64 + 8 * 64)
+    moved = counts.weight_values + counts.activation_values
+    assert energy.energy_mJ(counts, "fp32") == pytest.approx((counts.macs * 4.6 + moved * 4 * 160) * 1e-9)
+    assert energy.energy_mJ(counts, "int8") == pytest.approx((counts.macs * 0.23 + moved * 160) * 1e-9)
+    out = energy.estimate_model(conv, (3, 8, 8), latency_ms=2.0)
+    assert out["label"] == "estimated" and out["power_W"] == pytest.approx(out["energy_mJ"] / 2.0)
+    with pytest.raises(HwnasError, match="allowed: fp32"):
+        energy.energy_mJ(counts, "fp8")
+
+
+# --------------------------------------------------------------------------- backends
+def small_model():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+
+
+def test_time_runs_stopping_rule():
+    calls = []
+    m = backends.time_runs(lambda: calls.append(1), warmup=2, repeats=5, max_repeats=40, rel_ci=math.inf)
+    assert m.repeats == 5 and len(calls) == 2 + 1 + 5  # warm-up, one round (re-warm + 5): stable at once
+    calls.clear()
+    m = backends.time_runs(lambda: calls.append(1), warmup=0, repeats=5, max_repeats=12, rel_ci=0.0)
+    assert m.repeats == 12 and len(calls) == 3 + 12  # never stable: rounds of 5, 5, 2 up to the cap
+    assert m.latency_ms > 0 and m.iqr_ms >= 0 and m.noise >= 0
+
+
+def test_measure_many_keeps_item_order():
+    light = torch.nn.Linear(4, 4)
+    heavy = torch.nn.Sequential(*[torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(4)])
+    backend = backends.create_backend("torch-cpu", batch_size=2, clock="cpu", **FAST)
+    m_light, m_heavy, m_light2 = backend.measure_many([(light, (4,)), (heavy, (16, 32, 32)), (light, (4,))])
+    assert m_heavy.latency_ms > 20 * max(m_light.latency_ms, m_light2.latency_ms)  # ~1000x more work
+    with pytest.raises(HwnasError, match="needs threads=1"):
+        backends.create_backend("torch-cpu", threads=2, clock="cpu")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_cpu_backend(channels_last):
+    m = backends.create_backend("torch-cpu", batch_size=2, channels_last=channels_last, **FAST).measure(
+        small_model(), (3, 16, 16))
+    assert m.latency_ms > 0 and m.repeats == 3
+    assert (m.energy_mJ is not None) == backends.rapl_available()
+
+
+def test_onnxruntime_backend_runs_the_same_function():
+    model = small_model()
+    backend = backends.create_backend("onnxruntime-cpu", batch_size=3, threads=1, **FAST)
+    session, feeds = backend.session(model, (3, 16, 16))
+    (onnx_out,) = session.run(None, feeds)
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_out, model(torch.from_numpy(feeds["input"])).numpy(), rtol=1e-4, atol=1e-5)
+    m = backend.measure(model, (3, 16, 16))
+    assert m.latency_ms > 0 and m.repeats == 3
+
+
+def test_torch_cuda_backend_or_clear_skip():
+    try:
+        backend = backends.create_backend("torch-cuda", batch_size=2, **FAST)
+    except HwnasError as err:
+        assert "skipped: no CUDA device" in str(err)
+        pytest.skip(str(err))
+    m = backend.measure(small_model(), (3, 16, 16))  # pragma: no cover - needs a GPU
+    assert m.latency_ms > 0
+
+
+@pytest.mark.skipif(not backends.rapl_available(), reason="RAPL energy counters not readable on this machine")
+def test_rapl_energy_is_positive():  # pragma: no cover - needs powercap access
+    m = backends.create_backend("torch-cpu", batch_size=2, **FAST).measure(small_model(), (3, 16, 16))
+    assert m.energy_source == "rapl" and m.energy_mJ > 0 and m.power_W > 0
