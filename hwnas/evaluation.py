@@ -56,7 +56,10 @@ def experiment_metrics(cfg: ExperimentConfig) -> List[Metric]:
         ck = canonical_key(cfg, b.metric)
         if ck not in out:
             dev = cfg.metric_device(b.metric)
-            out[ck] = Metric(ck, split_metric(b.metric)[0], dev.name if dev else None, None, "measured")
+            metric = split_metric(b.metric)[0]
+            # Energy and power have no meter here: they come from the device's profile.
+            source = "predicted" if metric in ("energy_mJ", "power_W") else "measured"
+            out[ck] = Metric(ck, metric, dev.name if dev else None, None, source)
     return list(out.values())
 
 

@@ -94,8 +94,7 @@ class Experiment:
         values: Dict[int, Dict[str, float]] = {}
         for key in {k for _, keys in items for k in keys}:
             cands = [c for c, keys in items if key in keys]
-            X = self.space.features(np.array([c.genome for c in cands]))
-            for cand, value in zip(cands, self._predictor(key).predict(X)):
+            for cand, value in zip(cands, self._predictor(key)(np.array([c.genome for c in cands]))):
                 values.setdefault(cand.id, {})[key] = float(value)
         seconds = (time.perf_counter() - start) / len(items)
         for cand, _ in items:
@@ -103,17 +102,47 @@ class Experiment:
             cand.predicted.update(values[cand.id])
 
     def _predictor(self, key: str):
-        """The predictor of ``key``, fitted on the initial measured candidates (deterministic)."""
-        if key not in self.predictors:
-            from hwnas.predictors import AccuracyPredictor
+        """``genomes -> values`` for a predicted metric.
 
-            samples = [c for c in self.store.candidates() if c.generation == 0 and key in c.measured]
-            if len(samples) < 4:
-                raise HwnasError(f"cannot predict {key}: only {len(samples)} measured samples")
-            X = self.space.features(np.array([c.genome for c in samples]))
-            y = np.array([c.measured[key] for c in samples])
-            self.predictors[key] = AccuracyPredictor(random_state=self.cfg.strategy.seed).fit(X, y)
+        A cost metric of a device with a profile uses the device's cost model (few-shot
+        adapted or lookup table: no measuring needed); anything else a predictor fitted
+        on the run's initial measured candidates (deterministic, so a resume predicts alike).
+        """
+        if key not in self.predictors:
+            metric = next(m for m in self.metrics if m.key == key)
+            model = self._device_cost_model(metric)
+            if model is not None:
+                self.predictors[key] = lambda G, model=model, name=metric.metric: model.predict(G)[name]
+            else:
+                self.predictors[key] = self._fitted_predictor(key)
         return self.predictors[key]
+
+    def _device_cost_model(self, metric: Metric):
+        if metric.device is None:
+            return None
+        from hwnas.devices.registry import list_devices
+
+        if metric.device not in {p.name for p in list_devices()}:
+            return None
+        from hwnas.devices import cost_model
+
+        model = cost_model(metric.device, self.space_backend.device_space)
+        if metric.metric not in model.metrics:
+            raise HwnasError(f"device {metric.device!r} has no {metric.metric} model for this space "
+                             f"(it has: {', '.join(model.metrics) or 'none'})")
+        return model
+
+    def _fitted_predictor(self, key: str):
+        from hwnas.predictors import AccuracyPredictor
+
+        samples = [c for c in self.store.candidates() if c.generation == 0 and key in c.measured]
+        if len(samples) < 4:
+            raise HwnasError(f"cannot predict {key}: only {len(samples)} measured samples "
+                             f"(raise strategy.initial_samples or measure it)")
+        X = self.space.features(np.array([c.genome for c in samples]))
+        y = np.array([c.measured[key] for c in samples])
+        model = AccuracyPredictor(random_state=self.cfg.strategy.seed).fit(X, y)
+        return lambda G: model.predict(self.space.features(G))
 
     def _effective(self, cand: Candidate) -> Dict[str, float]:
         return {m.key: cand.value(m.key) for m in self.metrics}
@@ -128,7 +157,7 @@ class Experiment:
 
         They fit the predictors of predicted metrics; without predicted metrics none are needed.
         """
-        if all(m.source == "measured" for m in self.metrics):
+        if all(m.source == "measured" or self._device_cost_model(m) is not None for m in self.metrics):
             return np.zeros((0, self.space.n_var), dtype=int)
         rng = np.random.default_rng(self.cfg.strategy.seed + 7919)
         n = min(self.cfg.strategy.initial_samples, self.space.size)
@@ -217,6 +246,9 @@ class SupernetSpace:
                                         images=cfg.accuracy_eval.images, seed=cfg.strategy.seed)
         self.executor = create_executor(cfg.executor.kind, workers=cfg.executor.workers,
                                         address=cfg.executor.address)
+        # How device profiles name this space (hwnas devices measure --space ...).
+        self.device_space = cfg.space.supernet + ("" if cfg.space.checkpoint == "default"
+                                                  else f":{cfg.space.checkpoint}")
 
     def canonical(self, genomes: np.ndarray) -> np.ndarray:
         return genomes
@@ -262,6 +294,7 @@ class TableSpace:
         self.metrics = {m.key: m for m in metrics}
         self.accuracy_column = self.ACCURACY_COLUMNS.get(cfg.data)
         self.complete = len(self.bench) >= self.space.size
+        self.device_space = cfg.space.tabular_space
 
     def canonical(self, genomes: np.ndarray) -> np.ndarray:
         if self.complete:

@@ -161,3 +161,23 @@ def test_tabular_run_finds_most_of_the_exhaustive_front(tmp_path):
     F_true = np.stack([-acc[ok], lat[ok]], axis=1)
     F_found = np.array([[-float(r["accuracy"]), float(r["latency_ms"])] for r in front])
     assert hv_ratio(F_found, F_true) >= 0.9
+
+
+@requires(BENCH / "nb201.csv.gz")
+def test_predicted_latency_from_a_shipped_device_profile(tmp_path):
+    """Latency predicted by the few-shot model adapted to pixel3's 10 reference samples; front re-measured."""
+    cfg = {
+        "name": "nb201-fewshot", "space": {"table": str(BENCH / "nb201.csv.gz"), "tabular_space": "nb201"},
+        "data": "cifar10", "devices": [{"name": "pixel3", "backend": "table"}],
+        "objectives": {"accuracy": "max", "latency_ms": {"goal": "min", "source": "predicted"}},
+        "budgets": ["latency_ms <= 6"], "strategy": {"population": 20, "generations": 10, "seed": 0},
+    }
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    db = sqlite3.connect(tmp_path / "run" / "results.sqlite")
+    n_pred = db.execute("SELECT COUNT(*) FROM objectives WHERE name='latency_ms' AND source='predicted'").fetchone()[0]
+    n_cands = db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+    assert n_pred == n_cands  # no initial measured samples were needed
+    front = read_csv(tmp_path / "run" / "front.csv")
+    assert len(front) >= 5 and all(r["latency_ms_source"] == "measured" and float(r["latency_ms"]) <= 6 for r in front)
