@@ -113,7 +113,7 @@ def cmd_eval(args) -> int:
     import numpy as np
     import torch
 
-    from hwnas.supernets import arch_key, load_checkpoint, subnet_accuracy
+    from hwnas.supernets import load_checkpoint, subnet_accuracy
     from hwnas.supernets.datasets import load_dataset
 
     torch.set_num_threads(args.threads)
@@ -122,8 +122,8 @@ def cmd_eval(args) -> int:
     results = []
     for label, config in parse_config_list(args.configs, net, args.seed):
         acc = subnet_accuracy(net, config, data, split=args.split, calib_images=args.calib_images, seed=args.seed)
-        results.append({"label": label, "arch": arch_key(config), "config": config, "accuracy": acc})
-        print(f"{label:>10}  {acc * 100:6.2f} %  {arch_key(config)}")
+        results.append({"label": label, "arch": net.describe(config), "config": config, "accuracy": acc})
+        print(f"{label:>10}  {acc * 100:6.2f} %  {net.describe(config)}")
     randoms = [r["accuracy"] for r in results if r["label"].startswith("random")]
     summary = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
                "calib_images": args.calib_images, "configs": results}

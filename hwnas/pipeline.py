@@ -257,9 +257,7 @@ class SupernetSpace:
         return self.space.decode(genome)
 
     def describe(self, config: Dict) -> str:
-        from hwnas.supernets import arch_key
-
-        return arch_key(config)
+        return self.supernet.describe(config)
 
     def measure(self, requests):
         return self.executor.map(self.task, requests)

@@ -1,0 +1,114 @@
+"""Weight-sharing supernets: a registry, checkpoints, and the shipped default.
+
+    from hwnas import supernets
+    net = supernets.load_default()          # trained elastic MobileNetV3 on fmnist-mini
+    config = net.sample(np.random.default_rng(0))
+    model = net.extract(config)             # standalone nn.Module with copied weights
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from hwnas.errors import HwnasError
+from hwnas.registry import Registry
+
+from .base import Supernet, calibration_batches, measure_accuracy, recalibrate_bn, subnet_accuracy
+from .datasets import DatasetSplits, load_dataset
+from .elastic_mbv3 import ElasticMobileNetV3, arch_key, config_from_arch_key
+from .elastic_resnet import ElasticResNet
+from .elastic_vit import ElasticViT
+from .report import cpu_latency_ms, tradeoff_report
+from .train import TrainResult, TrainSettings, train_supernet
+
+SUPERNETS = Registry("supernet")
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default_mbv3.pt"
+CHECKPOINT_KEYS = ("name", "kwargs", "state_dict", "meta")
+
+
+@SUPERNETS.register("elastic_mbv3")
+def elastic_mbv3(**kwargs) -> ElasticMobileNetV3:
+    return ElasticMobileNetV3(**kwargs)
+
+
+@SUPERNETS.register("elastic_resnet")
+def elastic_resnet(**kwargs) -> ElasticResNet:
+    return ElasticResNet(**kwargs)
+
+
+@SUPERNETS.register("elastic_vit")
+def elastic_vit(**kwargs) -> ElasticViT:
+    return ElasticViT(**kwargs)
+
+
+def create(name: str, **kwargs) -> Supernet:
+    return SUPERNETS.create(name, **kwargs)
+
+
+def names() -> List[str]:
+    return SUPERNETS.names()
+
+
+def checkpoint_dict(supernet: Supernet, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What :func:`save_checkpoint` writes: enough to rebuild the supernet by name."""
+    if supernet.registry_name not in SUPERNETS:
+        raise HwnasError(f"{type(supernet).__name__} is not a registered supernet; known: {', '.join(names())}")
+    meta = meta if meta is not None else supernet.meta
+    try:  # plain JSON types only, so that weights_only loading accepts the file
+        meta = json.loads(json.dumps(meta))
+    except (TypeError, ValueError) as err:
+        raise HwnasError(f"checkpoint meta must be JSON-like (dicts, lists, str, numbers): {err}") from None
+    return {"name": supernet.registry_name, "kwargs": dict(supernet.init_kwargs),
+            "state_dict": supernet.state_dict(), "meta": meta}
+
+
+def save_checkpoint(supernet: Supernet, path, meta: Optional[Dict[str, Any]] = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint_dict(supernet, meta), path)
+    return path
+
+
+def supernet_from_dict(ckpt: Any, source: str = "checkpoint") -> Supernet:
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise HwnasError(f"{source} is not a supernet checkpoint (needs keys {', '.join(CHECKPOINT_KEYS)})")
+    net = create(ckpt["name"], **ckpt["kwargs"])
+    try:
+        net.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise HwnasError(f"{source}: weights do not fit supernet {ckpt['name']!r}: {first}") from None
+    net.meta = dict(ckpt["meta"])
+    return net.eval()
+
+
+def load_checkpoint(path) -> Supernet:
+    """Rebuild a supernet saved by :func:`save_checkpoint` (safe ``weights_only`` loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HwnasError(f"supernet checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling arbitrary bytes can fail with almost any exception type
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise HwnasError(f"supernet checkpoint {path} is corrupt or not a torch file: {first}") from None
+    return supernet_from_dict(ckpt, source=str(path))
+
+
+def load_default() -> Supernet:
+    """The shipped elastic MobileNetV3 trained on the embedded ``fmnist-mini`` data."""
+    return load_checkpoint(DEFAULT_CHECKPOINT)
+
+
+__all__ = [
+    "ElasticResNet",
+    "ElasticViT",
+    "SUPERNETS", "DEFAULT_CHECKPOINT", "Supernet", "ElasticMobileNetV3", "DatasetSplits", "create", "names",
+    "save_checkpoint", "load_checkpoint", "load_default", "checkpoint_dict", "supernet_from_dict", "load_dataset",
+    "arch_key", "config_from_arch_key", "recalibrate_bn", "measure_accuracy", "subnet_accuracy",
+    "calibration_batches", "TrainSettings", "TrainResult", "train_supernet", "tradeoff_report", "cpu_latency_ms",
+]

@@ -1,0 +1,255 @@
+"""Once-for-all style elastic MobileNetV3 supernet built from timm's layers.
+
+Every block slot holds one timm ``InvertedResidual`` at its largest size (kernel 7,
+expand 6). A sub-network uses, per block, the first ``make_divisible(in * e)``
+expanded channels, the centre ``k x k`` crop of the depthwise kernel (passed through
+OFA's small kernel-transformation matrices, 7->5->3), the first ``d[i]`` blocks of
+stage ``i``, and the input resized to ``r x r``. :meth:`ElasticMobileNetV3.extract`
+builds the same sub-network from plain timm blocks of exactly those sizes with
+copied weights.
+
+Configs are flat dicts ``{"ks0".., "e0".., "d0".., "r"}``; :func:`arch_key` writes them
+in OFA's ``ks=...;e=...;d=...;r=...`` form (the form of ``hwnas-bench/ofa.csv.gz``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from functools import partial
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import ConvNormAct, make_divisible
+from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
+from torch import nn
+
+from hwnas.errors import HwnasError
+from hwnas.space import Choice, SearchSpace
+
+from .base import Config, Supernet
+
+# MobileNetV3's squeeze-excite: ReLU inside, hard-sigmoid gate, channels rounded to 8.
+SE_LAYER = partial(SqueezeExcite, rd_round_fn=make_divisible, gate_layer="hard_sigmoid", force_act_layer=nn.ReLU)
+
+
+def resize_input(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Elastic resolution: bilinearly resize the batch to ``resolution x resolution``."""
+    if x.shape[-2:] == (resolution, resolution):
+        return x
+    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+
+
+def _sliced_batchnorm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """Run (timm's BatchNormAct2d) ``bn`` on the first ``x.shape[1]`` channels of its parameters."""
+    c = x.shape[1]
+    momentum = 0.0
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    x = F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
+                     bn.training or not bn.track_running_stats, momentum, bn.eps)
+    return bn.act(bn.drop(x)) if hasattr(bn, "act") else x
+
+
+def _prefix(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The leading ``shape`` slice of ``t`` (how every elastic width is cut)."""
+    return t[tuple(slice(0, n) for n in shape)]
+
+
+class ElasticInvertedResidual(nn.Module):
+    """One block slot: elastic depthwise kernel and expand ratio over a max-size timm block."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, kernel_sizes: Sequence[int],
+                 expand_ratios: Sequence[int], act_layer: str, use_se: bool, kernel_transform: bool):
+        super().__init__()
+        self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
+        self.kernel_sizes = tuple(sorted(kernel_sizes))
+        self.block_kwargs = dict(stride=stride, act_layer=act_layer, se_layer=SE_LAYER if use_se else None)
+        self.block = InvertedResidual(in_chs, out_chs, dw_kernel_size=self.kernel_sizes[-1],
+                                      exp_ratio=max(expand_ratios), **self.block_kwargs)
+        # OFA's kernel transform: each smaller kernel is a learned linear map of the
+        # centre of the next larger one (identity at start), shared across channels.
+        self.kernel_transforms = nn.ParameterDict()
+        if kernel_transform:
+            for big, small in zip(self.kernel_sizes[:0:-1], self.kernel_sizes[-2::-1]):
+                self.kernel_transforms[f"{big}to{small}"] = nn.Parameter(torch.eye(small * small))
+
+    def mid_channels(self, expand: int) -> int:
+        return make_divisible(self.in_chs * expand)  # the same rounding timm's block applies
+
+    def depthwise_weight(self, kernel: int, mid: int) -> torch.Tensor:
+        """The ``mid x 1 x kernel x kernel`` depthwise weight of the sub-block."""
+        w = self.block.conv_dw.weight[:mid]
+        big = self.kernel_sizes[-1]
+        for small in reversed(self.kernel_sizes[:-1]):
+            if small < kernel:
+                break
+            start = (big - small) // 2
+            w = w[:, :, start:start + small, start:start + small]
+            matrix = self.kernel_transforms.get(f"{big}to{small}")
+            if matrix is not None:
+                w = F.linear(w.reshape(mid, small * small), matrix).reshape(mid, 1, small, small)
+            big = small
+        return w
+
+    def forward(self, x: torch.Tensor, kernel: int, expand: int) -> torch.Tensor:
+        blk, mid = self.block, self.mid_channels(expand)
+        shortcut = x
+        x = _sliced_batchnorm(blk.bn1, F.conv2d(x, blk.conv_pw.weight[:mid]))
+        x = F.conv2d(x, self.depthwise_weight(kernel, mid), stride=self.stride, padding=kernel // 2, groups=mid)
+        x = _sliced_batchnorm(blk.bn2, x)
+        if isinstance(blk.se, SqueezeExcite):
+            se, rd = blk.se, make_divisible(mid * 0.25)
+            s = F.conv2d(x.mean((2, 3), keepdim=True), se.conv_reduce.weight[:rd, :mid], se.conv_reduce.bias[:rd])
+            s = F.conv2d(se.act1(s), se.conv_expand.weight[:mid, :rd], se.conv_expand.bias[:mid])
+            x = x * se.gate(s)
+        x = blk.bn3(F.conv2d(x, blk.conv_pwl.weight[:, :mid]))
+        return x + shortcut if blk.has_skip else x
+
+    @torch.no_grad()
+    def extract(self, kernel: int, expand: int) -> InvertedResidual:
+        sub = InvertedResidual(self.in_chs, self.out_chs, dw_kernel_size=kernel, exp_ratio=expand, **self.block_kwargs)
+        full = self.block.state_dict()
+        state = {name: _prefix(full[name], t.shape).clone() for name, t in sub.state_dict().items()}
+        state["conv_dw.weight"] = self.depthwise_weight(kernel, self.mid_channels(expand)).clone()
+        sub.load_state_dict(state)
+        return sub.eval()
+
+
+class MobileNetV3Subnet(nn.Module):
+    """A standalone sub-network: resize to ``input_resolution``, stem, blocks, head, classifier."""
+
+    def __init__(self, input_resolution: int, stem: nn.Module, blocks: List[nn.Module], head: nn.Module,
+                 classifier: nn.Module):
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.stem, self.blocks, self.head, self.classifier = stem, nn.Sequential(*blocks), head, classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(resize_input(x, self.input_resolution)))
+        return self.classifier(self.head(x).mean((2, 3)))
+
+
+class ElasticMobileNetV3(Supernet):
+    """Elastic resolution, per-stage depth, per-block kernel and expand ratio.
+
+    The defaults are the shipped 28x28 grayscale default (``checkpoints/default_mbv3.pt``);
+    larger data wants ``stem_stride=1`` and wider/more stages.
+
+    ``stage_widths``/``stage_strides``/``stage_se`` describe the stages (the first block
+    of a stage changes width and stride; the others are residual). Block slot ``b`` is
+    block ``b % max_depth`` of stage ``b // max_depth``.
+    """
+
+    registry_name = "elastic_mbv3"
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, stem_width: int = 16, stem_stride: int = 2,
+                 stage_widths: Sequence[int] = (16, 24, 32), stage_strides: Sequence[int] = (2, 1, 1),
+                 stage_se: Sequence[bool] = (False, True, True), min_depth: int = 2, max_depth: int = 4,
+                 kernel_sizes: Sequence[int] = (3, 5, 7), expand_ratios: Sequence[int] = (3, 4, 6),
+                 resolutions: Sequence[int] = (16, 20, 24, 28), head_width: int = 128, act_layer: str = "hard_swish",
+                 kernel_transform: bool = True, dropout: float = 0.1):
+        stage_widths, stage_strides, stage_se = tuple(stage_widths), tuple(stage_strides), tuple(stage_se)
+        if not len(stage_widths) == len(stage_strides) == len(stage_se):
+            raise HwnasError("stage_widths, stage_strides and stage_se must have one entry per stage")
+        if not 1 <= min_depth <= max_depth:
+            raise HwnasError(f"need 1 <= min_depth <= max_depth, got {min_depth}, {max_depth}")
+        if any(k % 2 == 0 for k in kernel_sizes):
+            raise HwnasError(f"kernel sizes must be odd, got {list(kernel_sizes)}")
+        super().__init__(num_classes=num_classes, in_chans=in_chans, stem_width=stem_width, stem_stride=stem_stride,
+                         stage_widths=stage_widths, stage_strides=stage_strides, stage_se=stage_se,
+                         min_depth=min_depth, max_depth=max_depth, kernel_sizes=tuple(sorted(kernel_sizes)),
+                         expand_ratios=tuple(sorted(expand_ratios)), resolutions=tuple(sorted(resolutions)),
+                         head_width=head_width, act_layer=act_layer, kernel_transform=kernel_transform,
+                         dropout=dropout)
+        kw = self.init_kwargs
+        self.num_stages, self.max_depth = len(stage_widths), max_depth
+        self.stem = ConvNormAct(in_chans, stem_width, 3, stride=stem_stride, act_layer=act_layer)
+        self.blocks = nn.ModuleList()
+        in_chs = stem_width
+        for width, stride, se in zip(stage_widths, stage_strides, stage_se):
+            for j in range(max_depth):
+                self.blocks.append(ElasticInvertedResidual(
+                    in_chs, width, stride if j == 0 else 1, kw["kernel_sizes"], kw["expand_ratios"],
+                    act_layer, se, kernel_transform))
+                in_chs = width
+        self.head = ConvNormAct(in_chs, head_width, 1, act_layer=act_layer)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_width, num_classes))
+        n_blocks = len(self.blocks)
+        self._space = SearchSpace(
+            [Choice(f"ks{b}", kw["kernel_sizes"]) for b in range(n_blocks)]
+            + [Choice(f"e{b}", kw["expand_ratios"]) for b in range(n_blocks)]
+            + [Choice(f"d{i}", tuple(range(min_depth, max_depth + 1))) for i in range(self.num_stages)]
+            + [Choice("r", kw["resolutions"])],
+            name=self.registry_name,
+        )
+        self.active = self.largest_config()
+
+    @property
+    def space(self) -> SearchSpace:
+        return self._space
+
+    def elastic_groups(self) -> Dict[str, List[str]]:
+        names = [v.name for v in self.space.variables]
+        group = {"resolution": r"r", "kernel": r"ks\d+", "depth": r"d\d+", "expand": r"e\d+"}
+        return {g: [n for n in names if re.fullmatch(p, n)] for g, p in group.items()}
+
+    def set_active(self, config: Config) -> None:
+        self.active = self.check_config(config)
+
+    def active_blocks(self, config: Config) -> List[Tuple[int, int, int]]:
+        """(slot, kernel, expand) of the blocks ``config`` runs, in order."""
+        return [(b, config[f"ks{b}"], config[f"e{b}"])
+                for i in range(self.num_stages)
+                for b in range(i * self.max_depth, i * self.max_depth + config[f"d{i}"])]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(resize_input(x, self.active["r"]))
+        for b, kernel, expand in self.active_blocks(self.active):
+            x = self.blocks[b](x, kernel, expand)
+        return self.classifier(self.head(x).mean((2, 3)))
+
+    def describe(self, config: Config) -> str:
+        return arch_key(config)
+
+    def extract(self, config: Config) -> MobileNetV3Subnet:
+        config = self.check_config(config)
+        blocks = [self.blocks[b].extract(kernel, expand) for b, kernel, expand in self.active_blocks(config)]
+        sub = MobileNetV3Subnet(config["r"], copy.deepcopy(self.stem), blocks, copy.deepcopy(self.head),
+                                copy.deepcopy(self.classifier))
+        return sub.eval()
+
+
+# --- OFA arch_key <-> config ------------------------------------------------------------
+_ARCH_KEY = re.compile(r"ks=(\d+);e=(\d+);d=(\d+);r=(\d+)")
+
+
+def arch_key(config: Config) -> str:
+    """``ks=<kernel per slot>;e=<expand per slot>;d=<depth per stage>;r=<resolution>`` (OFA's form)."""
+    def digits(prefix: str) -> str:
+        values = [config[k] for k in sorted((k for k in config if re.fullmatch(prefix + r"\d+", k)),
+                                            key=lambda k: int(k[len(prefix):]))]
+        if not values or any(not isinstance(v, int) or not 0 <= v <= 9 for v in values):
+            raise HwnasError(f"arch_key needs single-digit integer '{prefix}<i>' values, got {values}")
+        return "".join(str(v) for v in values)
+
+    if "r" not in config:
+        raise HwnasError("arch_key needs the resolution 'r' in the config")
+    return f"ks={digits('ks')};e={digits('e')};d={digits('d')};r={int(config['r'])}"
+
+
+def config_from_arch_key(key: str) -> Config:
+    """Inverse of :func:`arch_key`."""
+    match = _ARCH_KEY.fullmatch(key.strip())
+    if not match:
+        raise HwnasError(f"bad arch_key {key!r}; expected 'ks=<digits>;e=<digits>;d=<digits>;r=<int>'")
+    ks, es, ds, r = match.groups()
+    if len(ks) != len(es) or len(ks) % len(ds):
+        raise HwnasError(f"bad arch_key {key!r}: {len(ks)} kernels, {len(es)} expands, {len(ds)} stages do not fit")
+    config: Config = {f"ks{b}": int(k) for b, k in enumerate(ks)}
+    config.update({f"e{b}": int(e) for b, e in enumerate(es)})
+    config.update({f"d{i}": int(d) for i, d in enumerate(ds)})
+    config["r"] = int(r)
+    return config
