@@ -34,12 +34,29 @@ def command() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
 
 
-def write_section(title: str, body: str, cmd: str | None = None) -> None:
-    """Replace (or append) the section ``## title`` of BENCHMARKS.md."""
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER
+RESULTS = ROOT / "benchmarks" / "results"
+ORDER = ["quickstart", "supernets", "fewshot", "devices"]  # the rest follow alphabetically
+
+
+def write_section(slug: str, title: str, body: str, cmd: str | None = None) -> None:
+    """Write benchmarks/results/<slug>.md (command, machine, date, figures), then rebuild BENCHMARKS.md."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = (f"## {title}\n\n- command: `{cmd or command()}`\n- machine: {machine()}\n- date: {stamp}\n\n"
-               f"{body.strip()}\n")
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    BENCHMARKS_MD.write_text(text.rstrip() + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{slug}.md").write_text(
+        f"## {title}\n\n- command: `{cmd or command()}`\n- machine: {machine()}\n- date: {stamp}\n\n{body.strip()}\n")
+    rebuild()
+
+
+def rebuild() -> None:
+    """BENCHMARKS.md = every results/*.md, a '# ' title demoted to '## ' so the page has one title."""
+    files = sorted(RESULTS.glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem))
+    parts = [HEADER]
+    for path in files:
+        text = path.read_text().strip()
+        text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M) if text.startswith("# ") else text
+        parts.append(text + f"\n\n(from `benchmarks/results/{path.name}`)\n")
+    BENCHMARKS_MD.write_text("\n".join(parts))
+
+
+if __name__ == "__main__":
+    rebuild()

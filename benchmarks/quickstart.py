@@ -50,7 +50,7 @@ The front (validation accuracy measured after BN recalibration; latency measured
 
 {proc.stdout.strip()}
 """
-    write_section("Quickstart", body, cmd=f"python benchmarks/quickstart.py --config {args.config}")
+    write_section("quickstart", "Quickstart: hwnas run experiments/quickstart.yaml", body, cmd=f"python benchmarks/quickstart.py --config {args.config}")
     print(body)
 
 
