@@ -38,7 +38,7 @@ def with_change(path_keys, value):
 def test_quickstart_is_valid():
     cfg = load_config(ROOT / "experiments" / "quickstart.yaml")
     assert cfg.objectives["accuracy"].goal == "max"
-    assert cfg.budgets[0].metric == "latency_ms" and cfg.budgets[0].value == 15
+    assert cfg.budgets[0].metric == "latency_ms" and cfg.budgets[0].op == "<="
 
 
 def test_short_forms():

@@ -181,3 +181,18 @@ def test_predicted_latency_from_a_shipped_device_profile(tmp_path):
     assert n_pred == n_cands  # no initial measured samples were needed
     front = read_csv(tmp_path / "run" / "front.csv")
     assert len(front) >= 5 and all(r["latency_ms_source"] == "measured" and float(r["latency_ms"]) <= 6 for r in front)
+
+
+def test_quickstart_at_reduced_size(tmp_path):
+    """experiments/quickstart.yaml as shipped (the embedded default), only smaller."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "experiments" / "quickstart.yaml").read_text())
+    cfg["strategy"].update(population=6, generations=2, initial_samples=8)
+    cfg["accuracy_eval"].update(images=500, calib_images=200)
+    path = tmp_path / "quickstart-small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    front = read_csv(out / "front.csv")
+    assert front and all(r["accuracy_source"] == "measured" and r["latency_ms_source"] == "measured" for r in front)
+    assert all(0.5 < float(r["accuracy"]) <= 1 for r in front)  # the shipped supernet is trained
