@@ -9,6 +9,7 @@ statistics a supernet keeps are a mixture over all the sub-networks it trained.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -30,31 +31,38 @@ class Supernet(nn.Module, ABC):
     """
 
     registry_name: str = ""
+    #: Elastic dimensions in progressive-shrinking order: group name -> regex over variable names.
+    elastic_patterns: Dict[str, str] = {}
 
     def __init__(self, **init_kwargs):
         super().__init__()
         self.init_kwargs = dict(init_kwargs)
         self.meta: Dict[str, Any] = {}
+        self._space: Optional[SearchSpace] = None  # subclasses build it in __init__
 
     # --- to implement ---------------------------------------------------------------
-    @property
-    @abstractmethod
-    def space(self) -> SearchSpace:
-        """Flat variables; a genome is ``space.encode(config)``."""
-
-    @abstractmethod
-    def set_active(self, config: Config) -> None:
-        """Make ``forward`` run the sub-network ``config``."""
-
     @abstractmethod
     def extract(self, config: Config) -> nn.Module:
         """A standalone module with copied weights computing the same function as ``config``."""
 
-    def elastic_groups(self) -> Dict[str, List[str]]:
-        """Variable names per elastic dimension, in progressive-shrinking order."""
-        return {"all": [v.name for v in self.space.variables]}
-
     # --- shared -----------------------------------------------------------------------
+    @property
+    def space(self) -> SearchSpace:
+        """Flat variables; a genome is ``space.encode(config)``."""
+        return self._space
+
+    def set_active(self, config: Config) -> None:
+        """Make ``forward`` run the sub-network ``config``."""
+        self.active = self.check_config(config)
+
+    def elastic_groups(self) -> Dict[str, List[str]]:
+        """Variable names per elastic dimension, in progressive-shrinking order (empty groups left out)."""
+        names = [v.name for v in self.space.variables]
+        if not self.elastic_patterns:
+            return {"all": names}
+        groups = {g: [n for n in names if re.fullmatch(p, n)] for g, p in self.elastic_patterns.items()}
+        return {g: members for g, members in groups.items() if members}
+
     def describe(self, config: Config) -> str:
         """A short readable architecture string (reports, CSVs); families may override it."""
         return ";".join(f"{k}={v}" for k, v in config.items())

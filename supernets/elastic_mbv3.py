@@ -144,6 +144,7 @@ class ElasticMobileNetV3(Supernet):
     """
 
     registry_name = "elastic_mbv3"
+    elastic_patterns = {"resolution": r"r", "kernel": r"ks\d+", "depth": r"d\d+", "expand": r"e\d+"}
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, stem_width: int = 16, stem_stride: int = 2,
                  stage_widths: Sequence[int] = (16, 24, 32), stage_strides: Sequence[int] = (2, 1, 1),
@@ -186,18 +187,6 @@ class ElasticMobileNetV3(Supernet):
             name=self.registry_name,
         )
         self.active = self.largest_config()
-
-    @property
-    def space(self) -> SearchSpace:
-        return self._space
-
-    def elastic_groups(self) -> Dict[str, List[str]]:
-        names = [v.name for v in self.space.variables]
-        group = {"resolution": r"r", "kernel": r"ks\d+", "depth": r"d\d+", "expand": r"e\d+"}
-        return {g: [n for n in names if re.fullmatch(p, n)] for g, p in group.items()}
-
-    def set_active(self, config: Config) -> None:
-        self.active = self.check_config(config)
 
     def active_blocks(self, config: Config) -> List[Tuple[int, int, int]]:
         """(slot, kernel, expand) of the blocks ``config`` runs, in order."""

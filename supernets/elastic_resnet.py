@@ -130,6 +130,7 @@ class ElasticResNet(Supernet):
     """
 
     registry_name = "elastic_resnet"
+    elastic_patterns = {"resolution": r"r", "depth": r"d\d+", "expand": r"e\d+", "width": r"w\d+"}  # OFA's ResNet order
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, stem_width: int = 16, stem_stride: int = 1,
                  stem_pool: bool = False, stage_widths: Sequence[int] = (32, 64, 128),
@@ -180,20 +181,6 @@ class ElasticResNet(Supernet):
             name=self.registry_name,
         )
         self.active = self.largest_config()
-
-    @property
-    def space(self) -> SearchSpace:
-        return self._space
-
-    def elastic_groups(self) -> Dict[str, List[str]]:
-        """OFA's ResNet order: resolution, depth, expand ratio, width."""
-        names = [v.name for v in self.space.variables]
-        group = {"resolution": r"r", "depth": r"d\d+", "expand": r"e\d+", "width": r"w\d+"}
-        groups = {g: [n for n in names if re.fullmatch(p, n)] for g, p in group.items()}
-        return {g: members for g, members in groups.items() if members}
-
-    def set_active(self, config: Config) -> None:
-        self.active = self.check_config(config)
 
     def stage_width(self, stage: int, width_mult: float) -> int:
         full = self.init_kwargs["stage_widths"][stage]

@@ -123,6 +123,7 @@ class ElasticViT(Supernet):
     """
 
     registry_name = "elastic_vit"
+    elastic_patterns = {"depth": r"depth", "mlp_ratio": r"mlp\d+", "heads": r"heads\d+", "embed_dim": r"embed_dim"}
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: int = 28, patch_size: int = 4,
                  embed_dims: Sequence[int] = (64, 96, 128), heads: Sequence[int] = (2, 3, 4), head_dim: int = 32,
@@ -161,18 +162,6 @@ class ElasticViT(Supernet):
             name=self.registry_name,
         )
         self.active = self.largest_config()
-
-    @property
-    def space(self) -> SearchSpace:
-        return self._space
-
-    def elastic_groups(self) -> Dict[str, List[str]]:
-        names = [v.name for v in self.space.variables]
-        group = {"depth": r"depth", "mlp_ratio": r"mlp\d+", "heads": r"heads\d+", "embed_dim": r"embed_dim"}
-        return {g: [n for n in names if re.fullmatch(p, n)] for g, p in group.items()}
-
-    def set_active(self, config: Config) -> None:
-        self.active = self.check_config(config)
 
     def active_blocks(self, config: Config) -> List[Tuple[int, int, int]]:
         """(slot, heads, mlp ratio) of the blocks ``config`` runs, in order."""
