@@ -109,6 +109,17 @@ class TabularSpace:
             raise HwnasError(f"genome out of bounds for space {self.name!r}")
         return G
 
+    def samples(self, genomes, values):
+        """Checked (genomes, values) for fitting a predictor: rows with a non-finite value dropped."""
+        G = self.check(genomes)
+        y = np.asarray(values, dtype=np.float64).reshape(-1)
+        if len(y) != len(G):
+            raise HwnasError(f"fit: {len(G)} genomes but {len(y)} values")
+        ok = np.isfinite(y)
+        if ok.sum() < 2:
+            raise HwnasError("fit: need at least 2 finite samples")
+        return G[ok], y[ok]
+
     def spec(self) -> dict:
         """JSON-able description that :func:`space_from_spec` turns back into this space."""
         return {"name": self.name}

@@ -34,14 +34,7 @@ class _GenomeRegressor:
         return self.space if isinstance(self.space, TabularSpace) else space_from_spec({"name": self.space})
 
     def _samples(self, genomes, values):
-        G = self.tspace.check(genomes)
-        y = np.asarray(values, dtype=np.float64).reshape(-1)
-        if len(y) != len(G):
-            raise HwnasError(f"fit: {len(G)} genomes but {len(y)} values")
-        ok = np.isfinite(y)
-        if ok.sum() < 2:
-            raise HwnasError("fit: need at least 2 finite samples")
-        return G[ok], y[ok]
+        return self.tspace.samples(genomes, values)
 
 
 class FlopsPredictor(_GenomeRegressor):

@@ -246,14 +246,7 @@ class FewShotPredictor:
     def fit(self, genomes, values) -> "FewShotPredictor":
         """Adapt in place to a device from samples (genomes, metric values)."""
         self._require("fit")
-        G = self.tspace.check(genomes)
-        y = np.asarray(values, dtype=np.float64).reshape(-1)
-        if len(y) != len(G):
-            raise HwnasError(f"fit: {len(G)} genomes but {len(y)} values")
-        ok = np.isfinite(y)
-        if ok.sum() < 2:
-            raise HwnasError("fit: need at least 2 finite samples")
-        G, y = G[ok], y[ok]
+        G, y = self.tspace.samples(genomes, values)
         self.y_mean_, self.y_std_ = float(y.mean()), float(y.std()) or 1.0
         z = (y - self.y_mean_) / self.y_std_
         for member, Phi in zip(self.members_, self.embed(G)):
