@@ -21,7 +21,6 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, RBF, WhiteKernel
 from sklearn.linear_model import Ridge
 
-from hwnas.errors import HwnasError
 from hwnas.tabular import TabularSpace, space_from_spec
 
 
