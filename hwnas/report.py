@@ -92,7 +92,11 @@ def plot_pareto(path: Path, exp, front: Sequence[Candidate]) -> None:
     xs = np.array([r[x.key] for r in rows])
     ys = np.array([r[y.key] for r in rows])
     ax.scatter(xs[~feasible], ys[~feasible], s=10, c="lightgray", label="over budget")
-    ax.scatter(xs[feasible], ys[feasible], s=12, c="tab:blue", alpha=0.6, label="evaluated")
+    measured = np.array([all(m.key in c.measured for m in objectives) for c in cands], dtype=bool)
+    ax.scatter(xs[feasible & measured], ys[feasible & measured], s=14, c="tab:blue", alpha=0.7,
+               label="measured")
+    ax.scatter(xs[feasible & ~measured], ys[feasible & ~measured], s=14, facecolors="none",
+               edgecolors="tab:blue", alpha=0.5, label="predicted (not measured)")
     fx = [c.value(x.key) for c in front]
     fy = [c.value(y.key) for c in front]
     order = np.argsort(fx)
