@@ -49,6 +49,9 @@ class Experiment:
         self.space = self.space_backend.space
         self.predictors: Dict[str, object] = {}
         self.progress = progress
+        # Every stored candidate, read once (a resume starts from them) and kept current in memory,
+        # so a generation's evaluation does not re-read the whole store.
+        self._candidates: Dict[str, Candidate] = self.store.by_key()
 
     # --- evaluation -----------------------------------------------------------------------
     def evaluate(self, genomes: np.ndarray, generation: int, sources: Optional[Dict[str, str]] = None):
@@ -59,7 +62,7 @@ class Experiment:
         """
         sources = sources or {m.key: m.source for m in self.metrics}
         genomes = self.space_backend.canonical(np.asarray(genomes, dtype=int))
-        stored = self.store.by_key()
+        stored = self._candidates
         to_measure, to_predict = [], []
         unique = {self.space.key(g): g for g in genomes}  # a batch may repeat a genome
         for key, genome in unique.items():

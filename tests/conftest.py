@@ -21,3 +21,35 @@ def ray_cluster():
 
 def requires(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (shared data not beside the project)")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models run fastest single-threaded, and a shared CPU makes OpenMP threads spin."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def assert_extract_is_independent(net, config, x):
+    """The extracted sub-network shares no memory with the supernet: mutating the supernet leaves it alone."""
+    import torch
+
+    sub = net.extract(config)
+    with torch.no_grad():
+        before = sub(x)
+        net_ptrs = {t.data_ptr() for t in net.state_dict().values()}
+        assert not net_ptrs & {t.data_ptr() for t in sub.state_dict().values()}
+        backup = {k: v.clone() for k, v in net.state_dict().items()}
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.add_(1.0)
+        net.set_active(config)
+        changed = net(x)
+        after = sub(x)
+        net.load_state_dict(backup)
+    assert not torch.allclose(changed, before)  # the mutation did reach the supernet
+    torch.testing.assert_close(before, after, rtol=0, atol=0)

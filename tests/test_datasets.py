@@ -22,13 +22,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models run fastest single-threaded, and a shared CPU makes OpenMP threads spin."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import assert_extract_is_independent
 from hwnas import supernets
 from hwnas.errors import HwnasError
 from hwnas.supernets.base import calibration_batches, measure_accuracy, recalibrate_bn, subnet_accuracy
@@ -36,13 +37,7 @@ def randomise_batchnorms(net: nn.Module, seed: int = 0) -> nn.Module:
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small models run fastest single-threaded, and a shared CPU makes OpenMP threads spin."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -96,20 +91,7 @@ def test_extracted_model_is_plain_and_sized(small):
 
 
 def test_extracted_model_holds_no_reference(small):
-    config = small.sample(np.random.default_rng(3))
-    sub = small.extract(config)
-    x = torch.randn(4, 1, 28, 28)
-    with torch.no_grad():
-        before = sub(x)
-        super_ptrs = {t.data_ptr() for t in small.state_dict().values()}
-        assert not super_ptrs & {t.data_ptr() for t in sub.state_dict().values()}
-        backup = {k: v.clone() for k, v in small.state_dict().items()}
-        for t in small.state_dict().values():
-            if t.is_floating_point():
-                t.add_(1.0)
-        after = sub(x)
-        small.load_state_dict(backup)
-    torch.testing.assert_close(before, after, rtol=0, atol=0)
+    assert_extract_is_independent(small, small.sample(np.random.default_rng(3)), torch.randn(4, 1, 28, 28))
 
 
 def test_recalibrate_bn_matches_manual_average(small):
