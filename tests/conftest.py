@@ -53,3 +53,15 @@ def assert_extract_is_independent(net, config, x):
         net.load_state_dict(backup)
     assert not torch.allclose(changed, before)  # the mutation did reach the supernet
     torch.testing.assert_close(before, after, rtol=0, atol=0)
+
+
+def max_parity_error(net, configs, x) -> float:
+    """Largest |supernet(x) - extract(config)(x)| over ``configs`` (eval mode is the caller's)."""
+    import torch
+
+    worst = 0.0
+    with torch.no_grad():
+        for config in configs:
+            net.set_active(config)
+            worst = max(worst, float((net(x) - net.extract(config)(x)).abs().max()))
+    return worst

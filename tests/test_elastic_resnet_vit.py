@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.layers import make_divisible
 from torch import nn
 
-from conftest import assert_extract_is_independent
+from conftest import assert_extract_is_independent, max_parity_error
 from hwnas import supernets
 from hwnas.errors import HwnasError
 from hwnas.supernets.base import calibration_batches, recalibrate_bn, subnet_accuracy
@@ -65,15 +65,6 @@ def data():
 
 def images(n: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
-
-
-def max_parity_error(net: supernets.Supernet, configs, x: torch.Tensor) -> float:
-    worst = 0.0
-    with torch.no_grad():
-        for config in configs:
-            net.set_active(config)
-            worst = max(worst, float((net(x) - net.extract(config)(x)).abs().max()))
-    return worst
 
 
 def configs_to_check(net: supernets.Supernet, n: int, seed: int = 0):

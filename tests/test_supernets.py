@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_extract_is_independent
+from conftest import assert_extract_is_independent, max_parity_error
 from hwnas import supernets
 from hwnas.errors import HwnasError
 from hwnas.supernets.base import calibration_batches, measure_accuracy, recalibrate_bn, subnet_accuracy
@@ -54,15 +54,6 @@ def default():
 @pytest.fixture(scope="module")
 def data():
     return supernets.load_dataset("fmnist-mini")
-
-
-def max_parity_error(net: supernets.Supernet, configs, x: torch.Tensor) -> float:
-    worst = 0.0
-    with torch.no_grad():
-        for config in configs:
-            net.set_active(config)
-            worst = max(worst, float((net(x) - net.extract(config)(x)).abs().max()))
-    return worst
 
 
 def configs_to_check(net, n: int, seed: int = 0):
