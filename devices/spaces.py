@@ -113,7 +113,7 @@ class SupernetDeviceSpace(DeviceSpace):
 
             if self.checkpoint:
                 self._supernet = supernets.load_checkpoint(Path(self.checkpoint).expanduser())
-            elif supernets.DEFAULT_CHECKPOINT.is_file():
+            elif self.supernet_name == supernets.DEFAULT_SUPERNET and supernets.DEFAULT_CHECKPOINT.is_file():
                 self._supernet = supernets.load_checkpoint(supernets.DEFAULT_CHECKPOINT)
             else:
                 self._supernet = supernets.create(self.supernet_name)

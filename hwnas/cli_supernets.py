@@ -1,9 +1,10 @@
-"""``hwnas supernets list``, ``hwnas supernet train CONFIG`` and ``hwnas supernet eval CHECKPOINT``."""
+"""``hwnas supernets list``, ``hwnas supernet train CONFIG``, ``eval CHECKPOINT`` and ``import FILE``."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -137,12 +138,30 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from hwnas import supernets
+    from hwnas.supernets.loaders import load_layout
+
+    net = load_layout(Path(args.file), args.layout)  # a bad file stops here, before anything is written
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:  # write then rename: an interrupted import never leaves a truncated checkpoint under `out`
+        supernets.save_checkpoint(net, partial)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {out}: supernet {net.registry_name} from {args.file} ({args.layout} layout); "
+          f"use it as space: {{supernet: {net.registry_name}, checkpoint: {out}}}")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("supernets", help="registered supernets")
     s = p.add_subparsers(dest="subcommand", required=True)
     s.add_parser("list", help="list registered supernets").set_defaults(func=cmd_list)
 
-    p = sub.add_parser("supernet", help="train or evaluate a supernet")
+    p = sub.add_parser("supernet", help="train, evaluate or import a supernet")
     s = p.add_subparsers(dest="subcommand", required=True)
     t = s.add_parser("train", help="train a supernet from a YAML file (sandwich rule, in-place distillation)")
     t.add_argument("config")
@@ -159,3 +178,10 @@ def register(sub) -> None:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--json", help="write the results to this JSON file")
     e.set_defaults(func=cmd_eval)
+    i = s.add_parser("import", help="convert local once-for-all or timm MobileNetV3 weights into a supernet checkpoint")
+    i.add_argument("file", help="a torch file holding the state dict (bare or as {'state_dict': ...})")
+    i.add_argument("--layout", required=True,
+                   help="ofa_mbv3 (once-for-all's ofa_mbv3_d234_e346_k357_w1.0) | timm_mobilenetv3_large_100 "
+                        "(into the largest sub-network)")
+    i.add_argument("--out", required=True, help="the checkpoint to write")
+    i.set_defaults(func=cmd_import)

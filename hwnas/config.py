@@ -63,6 +63,16 @@ class DeviceConfig(_Model):
     threads: int = Field(default=1, ge=1, le=256)
     warmup: int = Field(default=3, ge=0, le=1000)
     repeats: int = Field(default=15, ge=3, le=10000)
+    # "cpu": the timing thread's CPU time (needs threads: 1); "min": the statistic that
+    # reproduces on a shared CPU (see hwnas.devices.backends).
+    clock: Literal["wall", "cpu"] = "wall"
+    statistic: Literal["median", "min"] = "median"
+
+    @model_validator(mode="after")
+    def _cpu_clock_single_thread(self):
+        if self.clock == "cpu" and self.threads != 1:
+            raise ValueError("clock 'cpu' times one thread; it needs threads: 1")
+        return self
 
 
 class ObjectiveConfig(_Model):
@@ -266,11 +276,16 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
     Relative paths are taken from the current directory, as on the command line.
     """
     if cfg.space.supernet is not None:
+        from hwnas.supernets import DEFAULT_SUPERNET
         from hwnas.supernets import names as supernet_names
 
         known = supernet_names()
         if cfg.space.supernet not in known:
             raise ConfigError(path, "space.supernet", f"unknown supernet {cfg.space.supernet!r}; allowed: {', '.join(known)}")
+        if cfg.space.checkpoint == "default" and cfg.space.supernet != DEFAULT_SUPERNET:
+            raise ConfigError(path, "space.checkpoint", f"the shipped checkpoint holds {DEFAULT_SUPERNET}, not "
+                                                        f"{cfg.space.supernet}; give a checkpoint file (from 'hwnas "
+                                                        f"supernet train' or 'hwnas supernet import')")
         if cfg.space.checkpoint != "default" and not Path(cfg.space.checkpoint).is_file():
             raise ConfigError(path, "space.checkpoint", f"no such file {cfg.space.checkpoint!r}; give a path or 'default'")
         name, _, folder = cfg.data.partition(":")

@@ -19,7 +19,7 @@ from hwnas.registry import Registry
 
 from .base import Supernet, calibration_batches, measure_accuracy, recalibrate_bn, subnet_accuracy
 from .datasets import DatasetSplits, load_dataset
-from .elastic_mbv3 import ElasticMobileNetV3, arch_key, config_from_arch_key
+from .elastic_mbv3 import OFA_MBV3_W1, ElasticMobileNetV3, OFAMobileNetV3, arch_key, config_from_arch_key
 from .elastic_resnet import ElasticResNet
 from .elastic_vit import ElasticViT
 from .report import cpu_latency_ms, tradeoff_report
@@ -27,12 +27,19 @@ from .train import TrainResult, TrainSettings, train_supernet
 
 SUPERNETS = Registry("supernet")
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default_mbv3.pt"
+DEFAULT_SUPERNET = "elastic_mbv3"  # what DEFAULT_CHECKPOINT holds
 CHECKPOINT_KEYS = ("name", "kwargs", "state_dict", "meta")
 
 
 @SUPERNETS.register("elastic_mbv3")
 def elastic_mbv3(**kwargs) -> ElasticMobileNetV3:
     return ElasticMobileNetV3(**kwargs)
+
+
+@SUPERNETS.register("ofa_mbv3_w1")
+def ofa_mbv3_w1(**overrides) -> OFAMobileNetV3:
+    """Once-for-all's MobileNetV3 w1.0 shape (load its weights with ``hwnas supernet import``)."""
+    return OFAMobileNetV3(**overrides)
 
 
 @SUPERNETS.register("elastic_resnet")
@@ -107,7 +114,8 @@ def load_default() -> Supernet:
 __all__ = [
     "ElasticResNet",
     "ElasticViT",
-    "SUPERNETS", "DEFAULT_CHECKPOINT", "Supernet", "ElasticMobileNetV3", "DatasetSplits", "create", "names",
+    "SUPERNETS", "DEFAULT_CHECKPOINT", "DEFAULT_SUPERNET", "Supernet", "ElasticMobileNetV3", "OFAMobileNetV3",
+    "OFA_MBV3_W1", "DatasetSplits", "create", "names",
     "save_checkpoint", "load_checkpoint", "load_default", "checkpoint_dict", "supernet_from_dict", "load_dataset",
     "arch_key", "config_from_arch_key", "recalibrate_bn", "measure_accuracy", "subnet_accuracy",
     "calibration_batches", "TrainSettings", "TrainResult", "train_supernet", "tradeoff_report", "cpu_latency_ms",

@@ -17,12 +17,12 @@ from __future__ import annotations
 import copy
 import re
 from functools import partial
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, make_divisible
-from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
+from timm.layers import ConvNormAct, create_act_layer, make_divisible
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
 from torch import nn
 
 from hwnas.errors import HwnasError
@@ -141,6 +141,14 @@ class ElasticMobileNetV3(Supernet):
     ``stage_widths``/``stage_strides``/``stage_se`` describe the stages (the first block
     of a stage changes width and stride; the others are residual). Block slot ``b`` is
     block ``b % max_depth`` of stage ``b // max_depth``.
+
+    Three options give the full MobileNetV3 shape of once-for-all and timm (see
+    :class:`OFAMobileNetV3`): ``first_block`` puts MobileNetV3's fixed first block (3x3
+    depthwise-separable, ``stem_width`` -> ``stem_width``, identity skip, the first stage's
+    activation) into ``stem``; ``stage_acts`` sets each stage's activation (default
+    ``act_layer`` everywhere); ``mix_width`` adds the post-pooling feature-mix layer (a
+    biased linear map and ``act_layer``) in front of the classifier. The defaults leave
+    them out, so older checkpoints keep their state-dict keys.
     """
 
     registry_name = "elastic_mbv3"
@@ -151,10 +159,14 @@ class ElasticMobileNetV3(Supernet):
                  stage_se: Sequence[bool] = (False, True, True), min_depth: int = 2, max_depth: int = 4,
                  kernel_sizes: Sequence[int] = (3, 5, 7), expand_ratios: Sequence[int] = (3, 4, 6),
                  resolutions: Sequence[int] = (16, 20, 24, 28), head_width: int = 128, act_layer: str = "hard_swish",
-                 kernel_transform: bool = True, dropout: float = 0.1):
+                 kernel_transform: bool = True, dropout: float = 0.1, first_block: bool = False,
+                 stage_acts: Optional[Sequence[str]] = None, mix_width: Optional[int] = None):
         stage_widths, stage_strides, stage_se = tuple(stage_widths), tuple(stage_strides), tuple(stage_se)
         if not len(stage_widths) == len(stage_strides) == len(stage_se):
             raise HwnasError("stage_widths, stage_strides and stage_se must have one entry per stage")
+        stage_acts = tuple(stage_acts) if stage_acts is not None else None
+        if stage_acts is not None and len(stage_acts) != len(stage_widths):
+            raise HwnasError(f"stage_acts needs one activation per stage ({len(stage_widths)}), got {list(stage_acts)}")
         if not 1 <= min_depth <= max_depth:
             raise HwnasError(f"need 1 <= min_depth <= max_depth, got {min_depth}, {max_depth}")
         if any(k % 2 == 0 for k in kernel_sizes):
@@ -164,20 +176,27 @@ class ElasticMobileNetV3(Supernet):
                          min_depth=min_depth, max_depth=max_depth, kernel_sizes=tuple(sorted(kernel_sizes)),
                          expand_ratios=tuple(sorted(expand_ratios)), resolutions=tuple(sorted(resolutions)),
                          head_width=head_width, act_layer=act_layer, kernel_transform=kernel_transform,
-                         dropout=dropout)
+                         dropout=dropout, **self._options(first_block, stage_acts, mix_width))
         kw = self.init_kwargs
         self.num_stages, self.max_depth = len(stage_widths), max_depth
+        acts = stage_acts or (act_layer,) * len(stage_widths)
         self.stem = ConvNormAct(in_chans, stem_width, 3, stride=stem_stride, act_layer=act_layer)
+        if first_block:  # inside the stem: code that times or copies `stem` as one part stays right
+            self.stem = nn.Sequential(self.stem, DepthwiseSeparableConv(stem_width, stem_width, 3, act_layer=acts[0]))
         self.blocks = nn.ModuleList()
         in_chs = stem_width
-        for width, stride, se in zip(stage_widths, stage_strides, stage_se):
+        for width, stride, se, act in zip(stage_widths, stage_strides, stage_se, acts):
             for j in range(max_depth):
                 self.blocks.append(ElasticInvertedResidual(
                     in_chs, width, stride if j == 0 else 1, kw["kernel_sizes"], kw["expand_ratios"],
-                    act_layer, se, kernel_transform))
+                    act, se, kernel_transform))
                 in_chs = width
         self.head = ConvNormAct(in_chs, head_width, 1, act_layer=act_layer)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_width, num_classes))
+        if mix_width:  # MobileNetV3's feature mix after pooling (a 1x1 conv on a 1x1 map is a linear map)
+            self.classifier = nn.Sequential(nn.Linear(head_width, mix_width), create_act_layer(act_layer),
+                                            nn.Dropout(dropout), nn.Linear(mix_width, num_classes))
+        else:
+            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_width, num_classes))
         n_blocks = len(self.blocks)
         self._space = SearchSpace(
             [Choice(f"ks{b}", kw["kernel_sizes"]) for b in range(n_blocks)]
@@ -187,6 +206,13 @@ class ElasticMobileNetV3(Supernet):
             name=self.registry_name,
         )
         self.active = self.largest_config()
+
+    @staticmethod
+    def _options(first_block: bool, stage_acts, mix_width) -> Dict:
+        """The MobileNetV3 options in use: recorded only when set, so the kwargs of earlier nets
+        (in checkpoints and device lookup tables) stay as they were."""
+        return {k: v for k, v in (("first_block", first_block), ("stage_acts", stage_acts),
+                                  ("mix_width", mix_width)) if v}
 
     def active_blocks(self, config: Config) -> List[Tuple[int, int, int]]:
         """(slot, kernel, expand) of the blocks ``config`` runs, in order."""
@@ -209,6 +235,33 @@ class ElasticMobileNetV3(Supernet):
         sub = MobileNetV3Subnet(config["r"], copy.deepcopy(self.stem), blocks, copy.deepcopy(self.head),
                                 copy.deepcopy(self.classifier))
         return sub.eval()
+
+
+OFA_MBV3_W1 = dict(
+    num_classes=1000, in_chans=3, stem_width=16, stem_stride=2, stage_widths=(24, 40, 80, 112, 160),
+    stage_strides=(2, 2, 2, 1, 2), stage_se=(False, True, False, True, True), min_depth=2, max_depth=4,
+    kernel_sizes=(3, 5, 7), expand_ratios=(3, 4, 6), resolutions=tuple(range(128, 225, 4)), head_width=960,
+    act_layer="hard_swish", kernel_transform=True, dropout=0.1, first_block=True,
+    stage_acts=("relu", "relu", "hard_swish", "hard_swish", "hard_swish"), mix_width=1280)
+
+
+class OFAMobileNetV3(ElasticMobileNetV3):
+    """Once-for-all's MobileNetV3 (``ofa_mbv3_d234_e346_k357_w1.0``): ImageNet shape, OFA's resolutions.
+
+    Its largest sub-network has the layout of timm's ``mobilenetv3_large_100`` with every
+    block at kernel 7, expand 6 and depth 4 (see :mod:`hwnas.supernets.loaders`). Any
+    constructor argument can be overridden (e.g. ``resolutions``, ``num_classes``).
+    """
+
+    registry_name = "ofa_mbv3_w1"
+
+    def __init__(self, **overrides):
+        options = {**OFA_MBV3_W1, **overrides}
+        super().__init__(**options)
+        # Recorded even when switched off: a checkpoint rebuilds through this class, whose defaults have them on.
+        acts = options["stage_acts"]
+        self.init_kwargs.update(first_block=options["first_block"], mix_width=options["mix_width"],
+                                stage_acts=None if acts is None else tuple(acts))
 
 
 # --- OFA arch_key <-> config ------------------------------------------------------------

@@ -65,3 +65,22 @@ def max_parity_error(net, configs, x) -> float:
             net.set_active(config)
             worst = max(worst, float((net(x) - net.extract(config)(x)).abs().max()))
     return worst
+
+
+def randomise_batchnorms(net, seed: int = 0):
+    """Non-trivial BN affine and running stats, so parity tests exercise every slice."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = torch.rand(c, generator=g) + 0.5
+            m.bias.data = torch.randn(c, generator=g) * 0.2
+            m.running_mean.data = torch.randn(c, generator=g) * 0.2
+            m.running_var.data = torch.rand(c, generator=g) + 0.5
+    for name, p in net.named_parameters():
+        if "kernel_transforms" in name:  # move the transforms away from identity
+            p.data += torch.randn(p.shape, generator=g) * 0.1
+    return net

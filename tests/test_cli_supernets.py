@@ -52,3 +52,57 @@ def test_eval_rejects_bad_config_list(tmp_path, capsys):
     supernets.save_checkpoint(supernets.create("elastic_mbv3", **SMALL), path, {})
     assert main(["supernet", "eval", str(path), "--configs", "random:0"]) == 2
     assert "random:N" in capsys.readouterr().err
+
+
+def test_import_timm_weights_then_name_them_in_an_experiment(tmp_path, capsys):
+    import timm
+    import torch
+
+    from hwnas import supernets
+    from hwnas.supernets.loaders import load_timm_mobilenetv3
+
+    torch.manual_seed(0)
+    weights = tmp_path / "mobilenetv3_large_100.pth"
+    torch.save(timm.create_model("mobilenetv3_large_100", pretrained=False).state_dict(), weights)
+    out = tmp_path / "ckpt" / "mbv3.pt"
+    assert main(["supernet", "import", str(weights), "--layout", "timm_mobilenetv3_large_100", "--out", str(out)]) == 0
+    assert "supernet ofa_mbv3_w1" in capsys.readouterr().out
+    net = supernets.load_checkpoint(out)
+    assert net.registry_name == "ofa_mbv3_w1" and net.meta["layout"] == "timm_mobilenetv3_large_100"
+    for a, b in zip(net.state_dict().values(), load_timm_mobilenetv3(weights).state_dict().values()):
+        assert torch.equal(a, b)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mbv3.pt"]  # no temporary file left
+
+    experiment = {"name": "ofa", "space": {"supernet": "ofa_mbv3_w1", "checkpoint": str(out)},
+                  "objectives": {"params": "min", "latency_ms": "min"}}
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(experiment))
+    assert main(["validate", str(cfg)]) == 0
+    capsys.readouterr()
+    # The shipped checkpoint holds elastic_mbv3: naming another supernet without a checkpoint is an error.
+    cfg.write_text(yaml.safe_dump({**experiment, "space": {"supernet": "ofa_mbv3_w1"}}))
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "space.checkpoint" in err and "elastic_mbv3" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("content, layout, fragment", [
+    (b"not a torch file at all", "ofa_mbv3", "not a torch file"),
+    (None, "ofa_mbv3", "411 missing: first_conv.conv.weight, first_conv.bn.weight"),
+    (None, "timm_mobilenetv3_large_100", "1 unexpected: encoder.weight"),
+    (None, "caffe", "unknown weight layout 'caffe'; allowed: ofa_mbv3, timm_mobilenetv3_large_100"),
+])
+def test_import_rejects_bad_input_and_writes_nothing(tmp_path, capsys, content, layout, fragment):
+    import torch
+
+    source = tmp_path / "weights.pth"
+    if content is None:  # a torch file with one unrelated tensor
+        torch.save({"encoder.weight": torch.zeros(2, 2)}, source)
+    else:
+        source.write_bytes(content)
+    out = tmp_path / "out" / "net.pt"
+    assert main(["supernet", "import", str(source), "--layout", layout, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+    assert layout == "caffe" or str(source) in err
+    assert not out.parent.exists()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_extract_is_independent, max_parity_error
+from conftest import assert_extract_is_independent, max_parity_error, randomise_batchnorms
 from hwnas import supernets
 from hwnas.errors import HwnasError
 from hwnas.supernets.base import calibration_batches, measure_accuracy, recalibrate_bn, subnet_accuracy
@@ -18,23 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 OFA_TABLE = Path(os.environ.get("HWNAS_SHARED", REPO / ".." / "shared")) / "data" / "hwnas-bench" / "ofa.csv.gz"
 SMALL = dict(stem_width=8, stage_widths=(8, 16), stage_strides=(2, 2), stage_se=(False, True), max_depth=3,
              head_width=32, resolutions=(16, 22, 28))
-
-
-def randomise_batchnorms(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN affine and running stats, so parity tests exercise every slice."""
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.weight.data = torch.rand(c, generator=g) + 0.5
-            m.bias.data = torch.randn(c, generator=g) * 0.2
-            m.running_mean.data = torch.randn(c, generator=g) * 0.2
-            m.running_var.data = torch.rand(c, generator=g) + 0.5
-    for name, p in net.named_parameters():
-        if "kernel_transforms" in name:  # move the transforms away from identity
-            p.data += torch.randn(p.shape, generator=g) * 0.1
-    return net
-
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -69,6 +52,47 @@ def test_parity_small_random_instance(small):
 def test_parity_shipped_default(default, data):
     x = data.val[0][:6]
     assert max_parity_error(default, configs_to_check(default, 50, seed=1), x) <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def ofa_small_res():
+    """The full once-for-all MobileNetV3 shape (first block, per-stage activations, feature mix) at small inputs."""
+    torch.manual_seed(0)
+    return randomise_batchnorms(supernets.create("ofa_mbv3_w1", num_classes=10, resolutions=(32, 40, 48))).eval()
+
+
+def test_parity_ofa_shaped_instance(ofa_small_res):
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    assert max_parity_error(ofa_small_res, configs_to_check(ofa_small_res, 50, seed=2), x) <= 1e-5
+
+
+def test_ofa_preset_shape_and_checkpoint(ofa_small_res, tmp_path):
+    net = supernets.create("ofa_mbv3_w1")
+    assert "ofa_mbv3_w1" in supernets.names() and net.registry_name == "ofa_mbv3_w1"
+    assert len(net.blocks) == 20 and net.space.n_var == 20 + 20 + 5 + 1
+    assert sum(p.numel() for p in net.parameters()) == 7_680_160  # once-for-all reports 7.7 M for this supernet
+    assert net.init_kwargs["resolutions"] == tuple(range(128, 225, 4))
+    assert [type(m).__name__ for m in net.stem] == ["ConvNormAct", "DepthwiseSeparableConv"]
+    assert [type(b.block.bn1.act).__name__ for b in net.blocks[::4]] == ["ReLU", "ReLU", "Hardswish", "Hardswish",
+                                                                         "Hardswish"]
+    assert [type(m).__name__ for m in net.classifier] == ["Linear", "Hardswish", "Dropout", "Linear"]
+    assert net.classifier[0].in_features == 960 and net.classifier[0].out_features == 1280
+    # A checkpoint names the preset, so devices and experiments see `ofa_mbv3_w1`.
+    loaded = supernets.load_checkpoint(supernets.save_checkpoint(ofa_small_res, tmp_path / "ofa.pt", {}))
+    assert loaded.registry_name == "ofa_mbv3_w1" and loaded.init_kwargs == ofa_small_res.init_kwargs
+    config = loaded.sample(np.random.default_rng(0))
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.extract(config)(x), ofa_small_res.extract(config)(x), rtol=0, atol=0)
+
+
+def test_new_options_off_by_default_keep_the_old_layout(default):
+    assert type(default.stem).__name__ == "ConvNormAct" and len(default.classifier) == 2
+    ckpt = torch.load(supernets.DEFAULT_CHECKPOINT, map_location="cpu", weights_only=True)
+    assert list(default.state_dict()) == list(ckpt["state_dict"])
+    assert default.init_kwargs == ckpt["kwargs"]  # device lookup tables are keyed on these
+    with pytest.raises(HwnasError, match="one activation per stage"):
+        supernets.create("elastic_mbv3", stage_acts=["relu"])
 
 
 def test_extracted_model_is_plain_and_sized(small):
@@ -155,6 +179,16 @@ def test_arch_key_reads_ofa_table_keys():
         config = config_from_arch_key(key)
         assert sum(k.startswith("ks") for k in config) == 20 and sum(k.startswith("d") for k in config) == 5
         assert arch_key(config) == key
+
+
+@pytest.mark.skipif(not OFA_TABLE.is_file(), reason="../shared/data/hwnas-bench/ofa.csv.gz is absent")
+def test_ofa_preset_space_holds_the_ofa_table_archs():
+    net = supernets.create("ofa_mbv3_w1")
+    with gzip.open(OFA_TABLE, "rt") as f:
+        next(f)
+        keys = [next(f).split(",")[1] for _ in range(50)]
+    for key in keys:
+        assert net.describe(net.space.decode(net.space.encode(config_from_arch_key(key)))) == key
 
 
 @pytest.mark.parametrize("key", ["", "ks=33;e=3;d=1;r=20", "ks=333;e=333;d=11;r=20", "e=33;ks=33;d=1;r=2"])
