@@ -1,7 +1,7 @@
 """Device cost models: the lookup table on this CPU (share within +-10 %) and `add`+`predict` on NB201.
 
     python benchmarks/devices_lut.py [--parts lut,tabular] [--n 50] [--batch-size 32] [--threads 1]
-                                     [--seed 1] [--clock cpu|wall] [--md FILE]
+                                     [--seed 1] [--clock cpu|wall] [--statistic min|median] [--md FILE]
 
 ``lut``: runs ``hwnas devices measure local-cpu --space elastic_mbv3`` (torch-cpu) into a temporary
 registry, then measures ``--n`` random sub-networks of the shipped default supernet whole
@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="cpu",
                         help="cpu (default): thread CPU time, not inflated by other jobs on the CPU")
+    parser.add_argument("--statistic", choices=["min", "median"], default="min",
+                        help="min (default): what reproduces on a shared CPU; median")
     parser.add_argument("--md", type=Path, default=RESULT_MD, help="write the result section here")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -118,12 +120,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def _errors(predicted: np.ndarray, measured: np.ndarray) -> dict:
+    rel = np.abs(predicted - measured) / measured
+    return {"within10": float(np.mean(rel <= 0.10)), "within5": float(np.mean(rel <= 0.05)),
+            "median": float(np.median(rel)), "p90": float(np.percentile(rel, 90)),
+            "rho": float(spearmanr(predicted, measured)[0])}
+
+
 def lut_section(args) -> str:
     import torch
 
     from hwnas.cli import main as hwnas_main
     from hwnas.devices.backends import create_backend
-    from hwnas.devices.predictors import cost_model
+    from hwnas.devices.lut import ALONE, measure_table, sum_parts
+    from hwnas.devices.predictors import _linear_fit, cost_model
     from hwnas.devices.spaces import device_space
 
     torch.set_num_threads(args.threads)
@@ -134,49 +144,56 @@ def lut_section(args) -> str:
         start = time.perf_counter()
         code = hwnas_main(["devices", "measure", "local-cpu", "--space", spec, "--backend", "torch-cpu",
                            "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--home", str(home),
-                           "--clock", args.clock, "--quiet"])
+                           "--clock", args.clock, "--statistic", args.statistic, "--quiet"])
         if code:
             raise SystemExit(code)
         measure_s = time.perf_counter() - start
         model = cost_model("local-cpu", spec, home)
+        samples = model.profile.samples(spec)
         dspace = device_space(spec)
-        rng = np.random.default_rng(args.seed)
-        genomes = dspace.space.sample(rng, args.n)
         backend = create_backend("torch-cpu", batch_size=args.batch_size, threads=args.threads, clock=args.clock,
-                                 repeats=15, max_repeats=105)
+                                 statistic=args.statistic, repeats=15, max_repeats=45)
+        # the baseline: every part timed alone, the sum calibrated on the same 10 references
+        start = time.perf_counter()
+        alone = {k: e["latency_ms"] for k, e in measure_table(dspace, backend, method=ALONE).items()}
+        alone_s = time.perf_counter() - start
+        fit = _linear_fit(sum_parts(dspace, alone, samples.genomes), samples.values["latency_ms"])
+        genomes = dspace.space.sample(np.random.default_rng(args.seed), args.n)
         start = time.perf_counter()
         results = backend.measure_many([(dspace.supernet.extract(dspace.space.decode(g)), dspace.input_shape)
                                         for g in genomes])  # interleaved, like the table
         check_s = time.perf_counter() - start
         measured = np.array([m.latency_ms for m in results])
-        noise = [m.noise for m in results]
-        predicted = model.predict(genomes)["latency_ms"]
-        rel = np.abs(predicted - measured) / measured
-        within = float(np.mean(rel <= 0.10))
-        rho = float(spearmanr(predicted, measured)[0])
-        lut_noise = model.profile.samples(spec).values["latency_iqr_ms"] / model.profile.samples(spec).values[
-            "latency_ms"]
+        noise = [m.iqr_ms / m.median_ms for m in results]
+        ours = _errors(model.predict(genomes)["latency_ms"], measured)
+        baseline = _errors(fit[0] * sum_parts(dspace, alone, genomes) + fit[1], measured)
+        raw_alone = float(np.median(measured / sum_parts(dspace, alone, genomes)))
+        raw_ours = float(np.median(measured / model.predict(genomes)["latency_ms"]))
+        ref_noise = samples.values["latency_iqr_ms"] / samples.values["latency_ms"]
 
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    body = f"""Sub-networks of `elastic_mbv3` ({what}), torch-cpu, batch {args.batch_size}, {args.threads} thread(s), {args.clock} clock.
-`hwnas devices measure` timed {len(model.table)} lookup-table entries and 10 reference sub-networks in
-{measure_s:.0f} s; then {args.n} random sub-networks (seed {args.seed}) were measured whole ({check_s:.0f} s).
+    verdict = "met" if ours["within10"] >= 0.9 else "NOT met"
+    rows = [("predicted within ±10 % of measured (issue 7: ≥ 90 %)", "within10", "{:.0%}"),
+            ("predicted within ±5 %", "within5", "{:.0%}"), ("median relative error", "median", "{:.1%}"),
+            ("90th-percentile relative error", "p90", "{:.1%}"), ("Spearman rho", "rho", "{:.3f}")]
+    table = "\n".join(f"| {label} | **{fmt.format(ours[key])}** | {fmt.format(baseline[key])} |"
+                      for label, key, fmt in rows)
+    body = f"""Sub-networks of `elastic_mbv3` ({what}), torch-cpu, batch {args.batch_size}, {args.threads} thread(s), {args.clock} clock, latency = {args.statistic} of the runs.
+`hwnas devices measure local-cpu` built the lookup table ({len(model.table)} entries, timed in context) and timed the
+10 reference sub-networks in {measure_s:.0f} s; the baseline table (every part timed alone, {alone_s:.0f} s) was
+calibrated on those same 10 references; then {args.n} random sub-networks (seed {args.seed}) were measured whole
+({check_s:.0f} s, latency {measured.min():.1f}–{measured.max():.1f} ms). Issue 7 target (≥ 90 % within ±10 %): **{verdict}**.
 
-| figure | value |
-| --- | --- |
-| predicted within ±10 % of measured | **{within:.0%}** ({int(round(within * args.n))}/{args.n}); issue 7 target ≥ 90 %: {"met" if within >= 0.9 else "NOT met"} |
-| predicted within ±5 % | {np.mean(rel <= 0.05):.0%} |
-| median / 90th-percentile relative error | {np.median(rel):.1%} / {np.percentile(rel, 90):.1%} |
-| Spearman rho (predicted vs measured) | {rho:.3f} |
-| measured latency range | {measured.min():.1f}–{measured.max():.1f} ms |
-| timing noise of the check (IQR / median, median over sub-networks) | {np.median(noise):.1%} (max {np.max(noise):.1%}) |
-| timing noise of the calibration sub-networks | {np.median(lut_noise):.1%} |
-| calibration (latency = a · table sum + b, Theil-Sen on the 10 references) | a = {model.latency_fit[0]:.3f}, b = {model.latency_fit[1]:.2f} ms (a = 1, b = 0: the parts add up exactly) |
+| figure | in-context table, uncalibrated (what `hwnas devices measure` builds) | parts timed alone, calibrated on the 10 references |
+| --- | --- | --- |
+{table}
+| measured / predicted (median; 1 = the parts add up) | {raw_ours:.3f} | {raw_alone:.3f} before calibration (fit a = {fit[0]:.3f}, b = {fit[1]:.2f} ms) |
 
-The CPU was shared with other jobs while this ran (load average {load}), so the noise column bounds
-how close any predictor can get; the table and the check were measured in the same run. With the
-`cpu` clock each forward pass is timed by the CPU time of the (single) timing thread, which leaves
-out the time other processes hold the core; the `wall` clock counts it.
+Timing noise (IQR / median of one sub-network's runs): {np.median(noise):.1%} median, {np.max(noise):.1%} max over the
+check; {np.median(ref_noise):.1%} on the references. Load average during the run: {load}. On this virtual machine a
+single-threaded run varies by 10–40 % from one second to the next even when it is otherwise idle
+(interference only ever adds time), which is why the latency is the minimum of short interleaved rounds:
+measured here, that figure moved 2–3 % between repeated sessions where the median moved 12 %.
 """
     return section("Device lookup-table latency prediction (elastic_mbv3, local CPU)", body)
 

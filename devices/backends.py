@@ -1,11 +1,14 @@
-"""Measurement backends: time a model on a device (warm-up, repeats, median and IQR).
+"""Measurement backends: time a model on a device (warm-up, repeats, a robust statistic and IQR).
 
 Methodology shared by every backend (:func:`time_interleaved`): ``warmup`` untimed runs,
-then timed runs in rounds of ``repeats`` (several models interleaved round by round, so
-load changes on a shared machine hit them alike) until the median is stable - the half-width of its
-95 % confidence interval (the boxplot-notch estimate ``1.57 * IQR / sqrt(n)``) is below
-``rel_ci`` of the median - or ``max_repeats`` runs were made. The median is the latency,
-the IQR is reported as the timing noise.
+then timed runs in short rounds (``per_round`` runs of each model per round, models
+interleaved round by round, so a slow spell of a shared machine hits them alike) until
+the median is stable - the half-width of its 95 % confidence interval (the boxplot-notch
+estimate ``1.57 * IQR / sqrt(n)``) is below ``rel_ci`` of the median - or ``max_repeats``
+runs were made. The latency is the ``statistic`` of the runs: ``median`` (the default), or
+``min``, which is what reproduces on a shared or virtualised CPU, where interference only
+ever adds time (benchmarks/devices_lut.py measures both). The median and the IQR (the
+timing noise) are stored either way.
 
 Energy, when the hardware exposes a counter: RAPL package energy on Linux CPUs
 (``/sys/class/powercap/intel-rapl*/energy_uj``, the whole package, so other processes on
@@ -19,7 +22,7 @@ import glob
 import io
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -35,16 +38,19 @@ RAPL_GLOB = "/sys/class/powercap/intel-rapl*/energy_uj"
 # thread doing all the work it is the latency the model would have on an idle core, and it
 # does not count time other processes hold the core (use it on a shared machine).
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+STATISTICS = {"median": np.median, "min": np.min}
 
 
 @dataclass(frozen=True)
 class Measurement:
-    latency_ms: float  # median over repeats
+    latency_ms: float  # the backend's statistic (median or min) over repeats
     iqr_ms: float  # inter-quartile range: the timing noise
     repeats: int
     energy_mJ: Optional[float] = None  # per forward pass of the batch, from a hardware counter
     power_W: Optional[float] = None
     energy_source: Optional[str] = None  # "rapl" or "nvml" when energy was measured
+    median_ms: Optional[float] = None
+    segments_ms: Optional[Tuple[float, ...]] = None  # per segment, with :class:`SegmentTimer` runs
 
     def as_dict(self):
         return asdict(self)
@@ -52,7 +58,8 @@ class Measurement:
     @property
     def noise(self) -> float:
         """IQR relative to the median."""
-        return self.iqr_ms / self.latency_ms if self.latency_ms > 0 else float("nan")
+        centre = self.median_ms or self.latency_ms
+        return self.iqr_ms / centre if centre > 0 else float("nan")
 
 
 # --------------------------------------------------------------------------- energy counters
@@ -97,26 +104,61 @@ def rapl_available() -> bool:
 
 
 # --------------------------------------------------------------------------- timing loop
+class SegmentTimer:
+    """A run of ``model(x)`` that also times the model's parts where they run, inside it.
+
+    The forward pre-hooks of ``boundaries`` (sub-modules, in execution order) mark where
+    each segment ends: segment 0 runs from the call to the first boundary, the last from
+    the last boundary to the return. Timing parts in place keeps the caches, memory
+    allocator and neighbours of a real run, so the segments add up to the whole; parts
+    timed alone do not (benchmarks/devices_lut.py measures both).
+    """
+
+    def __init__(self, run: Callable[[], object], boundaries: Sequence[torch.nn.Module],
+                 clock: Callable[[], float]):
+        self.run, self.marks = run, []
+        self.handles = [m.register_forward_pre_hook(lambda *_: self.marks.append(clock())) for m in boundaries]
+        self.n_segments = len(boundaries) + 1
+
+    def __call__(self):
+        self.marks.clear()
+        return self.run()
+
+    def segments(self, start: float, end: float) -> List[float]:
+        if len(self.marks) != self.n_segments - 1:
+            raise HwnasError(f"segment timing: {len(self.marks)} of {self.n_segments - 1} boundaries ran "
+                             "(a boundary module is not on the model's forward path)")
+        return np.diff([start, *self.marks, end]).tolist()
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+
+
 def time_interleaved(runs: Sequence[Callable[[], object]], warmup: int = 3, repeats: int = 15,
                      max_repeats: Optional[int] = None, rel_ci: float = 0.02, sync: Callable[[], None] = lambda: None,
                      energy: Optional[Callable[[], Optional[float]]] = None,
-                     clock: Callable[[], float] = time.perf_counter) -> List[Measurement]:
-    """Time several callables in rounds: per round, each item runs once untimed, then ``repeats`` timed.
+                     clock: Callable[[], float] = time.perf_counter, per_round: int = 3,
+                     statistic: str = "median") -> List[Measurement]:
+    """Time several callables in rounds: per round, each item runs once untimed, then ``per_round`` timed.
 
-    Interleaving spreads every item's runs over the same stretch of time, so a slow spell
-    of a shared machine (another job starting) hits all items alike instead of a few; the
-    untimed run per round puts the item's weights and input back in cache, as they are
-    when it runs inside a network.
+    Short interleaved rounds spread every item's runs over the whole measurement, so a
+    slow spell of a shared machine (another job starting, a noisy neighbour of the VM)
+    hits all items alike instead of a few; the untimed run per round puts the item's
+    weights and input back in cache, as they are when it runs inside a network.
     ``clock``: wall clock by default; ``time.thread_time`` gives the CPU time of the calling
     thread, which excludes the time other processes hold the core. ``energy``: a callable
     returning joules used since its last call (read around every run), or None.
     """
+    if statistic not in STATISTICS:
+        raise HwnasError(f"backend settings: unknown statistic {statistic!r}; allowed: {', '.join(STATISTICS)}")
     max_repeats = max(repeats, max_repeats if max_repeats is not None else 3 * repeats)
     for run in runs:
         for _ in range(warmup):
             run()
     sync()
     times: List[List[float]] = [[] for _ in runs]
+    segments: List[List[List[float]]] = [[] for _ in runs]
     joules = [0.0 for _ in runs]
     walls = [0.0 for _ in runs]
     pending = list(range(len(runs)))
@@ -124,24 +166,30 @@ def time_interleaved(runs: Sequence[Callable[[], object]], warmup: int = 3, repe
         for i in pending:
             runs[i]()  # re-warm: the other items' runs evicted this one's data from the caches
             sync()
-            for _ in range(min(repeats, max_repeats - len(times[i]))):
+            target = repeats if len(times[i]) < repeats else max_repeats
+            for _ in range(min(per_round, target - len(times[i]))):
                 if energy is not None:
                     energy()
                 wall, start = time.perf_counter(), clock()
                 runs[i]()
                 sync()
-                times[i].append((clock() - start) * 1e3)
+                end = clock()
+                times[i].append((end - start) * 1e3)
+                if isinstance(runs[i], SegmentTimer):
+                    segments[i].append([t * 1e3 for t in runs[i].segments(start, end)])
                 walls[i] += time.perf_counter() - wall
                 if energy is not None:
                     joules[i] += energy() or 0.0
-        pending = [i for i in pending if len(times[i]) < max_repeats and not _stable(times[i], rel_ci)]
+        pending = [i for i in pending if len(times[i]) < repeats
+                   or (len(times[i]) < max_repeats and not _stable(times[i], rel_ci))]
     out = []
-    for t, j, w in zip(times, joules, walls):
+    for t, seg, j, w in zip(times, segments, joules, walls):
         q1, median, q3 = np.percentile(t, [25, 50, 75])
-        m = Measurement(latency_ms=float(median), iqr_ms=float(q3 - q1), repeats=len(t))
+        per_segment = tuple(float(v) for v in STATISTICS[statistic](np.array(seg), axis=0)) if seg else None
+        m = Measurement(latency_ms=float(STATISTICS[statistic](t)), iqr_ms=float(q3 - q1), repeats=len(t),
+                        median_ms=float(median), segments_ms=per_segment)
         if energy is not None:
-            m = Measurement(m.latency_ms, m.iqr_ms, m.repeats, energy_mJ=j * 1e3 / len(t), power_W=j / w,
-                            energy_source=getattr(energy, "source", None))
+            m = replace(m, energy_mJ=j * 1e3 / len(t), power_W=j / w, energy_source=getattr(energy, "source", None))
         out.append(m)
     return out
 
@@ -179,21 +227,25 @@ class _Backend:
 
     def __init__(self, batch_size: int = 1, threads: int = 1, warmup: int = 3, repeats: int = 15,
                  max_repeats: Optional[int] = None, rel_ci: float = 0.02, channels_last: bool = False,
-                 clock: str = "wall"):
+                 clock: str = "wall", statistic: str = "median", per_round: int = 3):
         if batch_size < 1 or threads < 1 or repeats < 1 or warmup < 0:
             raise HwnasError("backend settings: batch_size, threads and repeats must be >= 1, warmup >= 0")
         if clock not in CLOCKS:
             raise HwnasError(f"backend settings: unknown clock {clock!r}; allowed: {', '.join(CLOCKS)}")
         if clock == "cpu" and threads != 1:
             raise HwnasError("backend settings: clock 'cpu' (thread CPU time) needs threads=1")
-        self.clock = clock
+        if statistic not in STATISTICS:
+            raise HwnasError(f"backend settings: unknown statistic {statistic!r}; allowed: {', '.join(STATISTICS)}")
+        if per_round < 1:
+            raise HwnasError("backend settings: per_round must be >= 1")
+        self.clock, self.statistic, self.per_round = clock, statistic, per_round
         self.batch_size, self.threads = batch_size, threads
         self.warmup, self.repeats, self.max_repeats, self.rel_ci = warmup, repeats, max_repeats, rel_ci
         self.channels_last = channels_last
 
     def _timing(self, **extra):
         return dict(warmup=self.warmup, repeats=self.repeats, max_repeats=self.max_repeats, rel_ci=self.rel_ci,
-                    clock=CLOCKS[self.clock], **extra)
+                    clock=CLOCKS[self.clock], statistic=self.statistic, per_round=self.per_round, **extra)
 
     def measure(self, model: torch.nn.Module, input_shape: Sequence[int]) -> Measurement:
         return self.measure_many([(model, input_shape)])[0]
@@ -209,8 +261,12 @@ class _Backend:
 class TorchCPUBackend(_Backend):
     """Latency of one forward pass of a batch with torch on this machine's CPU.
 
-    RAPL energy per pass is attached when the powercap counters are readable.
+    RAPL energy per pass is attached when the powercap counters are readable. Items may
+    name boundary sub-modules, ``(model, input_shape, boundaries)``: the measurement then
+    also times each segment in place (:class:`SegmentTimer`).
     """
+
+    times_segments = True
 
     def _run(self, model: torch.nn.Module, input_shape: Sequence[int]) -> Callable[[], object]:
         model = model.eval()
@@ -219,15 +275,21 @@ class TorchCPUBackend(_Backend):
             model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
         return lambda: model(x)
 
-    def measure_many(self, items: Sequence[Tuple[torch.nn.Module, Sequence[int]]]) -> List[Measurement]:
-        """Measure (model, input_shape) pairs interleaved (see :func:`time_interleaved`)."""
+    def measure_many(self, items: Sequence[tuple]) -> List[Measurement]:
+        """Measure (model, input_shape[, boundaries]) items interleaved (see :func:`time_interleaved`)."""
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
+        runs = []
         try:
             with torch.inference_mode():
-                runs = [self._run(model, shape) for model, shape in items]
+                for model, shape, *boundaries in items:
+                    run = self._run(model, shape)
+                    runs.append(SegmentTimer(run, boundaries[0], CLOCKS[self.clock]) if boundaries else run)
                 return time_interleaved(runs, energy=_rapl_meter(), **self._timing())
         finally:
+            for run in runs:
+                if isinstance(run, SegmentTimer):
+                    run.close()
             torch.set_num_threads(previous_threads)
 
 

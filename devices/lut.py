@@ -2,11 +2,18 @@
 
 A sub-network's cost is the sum of its parts: the stem at resolution ``r`` (including the
 input resize), each active block slot with its kernel and expand ratio at ``r``, and the
-head (last conv, pooling, classifier) at ``r``. Each part is a real module (copied from the
-supernet) timed alone on a backend; the block input sizes follow from the resolution and
-the slot's stage, never from the other choices. The summed table is then calibrated on a
-few whole sub-networks (:class:`hwnas.devices.predictors.SupernetCostModel`), which absorbs
-the per-call overheads timing parts separately adds or hides.
+head (last conv, pooling, classifier) at ``r``. The block input sizes follow from the
+resolution and the slot's stage, never from the other choices.
+
+How parts are timed depends on the backend. Where it can time segments of a running model
+(torch backends, :class:`hwnas.devices.backends.SegmentTimer`), every part is timed *in
+context*: a few covering sub-networks at full depth, each running every slot with another
+(kernel, expand) choice (a Latin square, so every choice of every slot at every resolution
+runs in ``CONTEXT_ROUNDS`` different neighbourhoods), and an entry is the statistic over its
+contexts. In-context parts add up to the whole network, so the table needs no calibration.
+Otherwise (onnxruntime) each part is a module timed alone, and the summed table is
+calibrated on the reference sub-networks (:class:`hwnas.devices.predictors.SupernetCostModel`),
+which absorbs the per-call overheads timing parts separately adds or hides.
 
 Entry keys: ``stem@<r>``, ``head@<r>``, ``block<slot>_k<kernel>_e<expand>@<r>``.
 """
@@ -23,10 +30,17 @@ from torch import nn
 
 from hwnas.errors import HwnasError
 
+from .backends import STATISTICS
 from .energy import Counts, count_model
 from .spaces import SupernetDeviceSpace
 
 LUT_FORMAT = 1
+CONTEXT_ROUNDS = 2  # neighbourhoods each table entry is timed in (in-context tables)
+IN_CONTEXT, ALONE = "in-context", "alone"  # how the entries were timed (the file's "method")
+
+
+def timing_method(backend) -> str:
+    return IN_CONTEXT if getattr(backend, "times_segments", False) else ALONE
 
 
 class _Stem(nn.Module):
@@ -137,29 +151,76 @@ def macs_table(counts: Dict[str, Dict[str, float]]) -> Dict[str, float]:
     return {key: c["macs"] for key, c in counts.items()}
 
 
-def measure_table(dspace: SupernetDeviceSpace, backend, progress: Optional[Callable[[int, int], None]] = None) \
-        -> Dict[str, Dict[str, float]]:
-    """Time every table entry on ``backend``, interleaved: ``{key: {"latency_ms", "iqr_ms", counts}}``."""
+def measure_table(dspace: SupernetDeviceSpace, backend, progress: Optional[Callable[[int, int], None]] = None,
+                  method: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+    """Time every table entry on ``backend``: ``{key: {"latency_ms", "iqr_ms", counts}}``.
+
+    ``method``: in context when the backend can time segments, else each part alone
+    (module docstring); ``ALONE`` forces the latter (benchmarks compare the two).
+    """
     parts = lut_parts(dspace)
     if progress:
         progress(0, len(parts))
-    measured = backend.measure_many([(make(), shape) for _, make, shape in parts])
+    if (method or timing_method(backend)) == IN_CONTEXT:
+        timed = _time_in_context(dspace, backend)
+    else:
+        measured = backend.measure_many([(make(), shape) for _, make, shape in parts])
+        timed = {key: (m.latency_ms, m.iqr_ms) for (key, _, _), m in zip(parts, measured)}
     if progress:
         progress(len(parts), len(parts))
-    return {key: {"latency_ms": m.latency_ms, "iqr_ms": m.iqr_ms, **_counts(make, shape)}
-            for (key, make, shape), m in zip(parts, measured)}
+    return {key: {"latency_ms": timed[key][0], "iqr_ms": timed[key][1], **_counts(make, shape)}
+            for key, make, shape in parts}
 
 
-def lut_document(dspace: SupernetDeviceSpace, entries: Dict[str, Dict[str, float]], backend_settings: dict) -> str:
-    """The ``lut-<space>.json`` text: entries plus what they were measured for."""
+def covering_configs(net, rounds: int = CONTEXT_ROUNDS) -> List[dict]:
+    """Full-depth configs in which every (slot, kernel, expand) runs ``rounds`` times at every resolution.
+
+    Round ``j`` gives slot ``b`` of config ``c`` the choice ``(c + b * (j + 1)) mod n``, so each
+    slot cycles through all ``n`` choices once per round, next to different neighbours.
+    """
+    kw = net.init_kwargs
+    choices = [(k, e) for k in kw["kernel_sizes"] for e in kw["expand_ratios"]]
+    configs = []
+    for j in range(rounds):
+        for r in kw["resolutions"]:
+            for c in range(len(choices)):
+                config = {f"d{i}": kw["max_depth"] for i in range(net.num_stages)}
+                config["r"] = r
+                for b in range(len(net.blocks)):
+                    config[f"ks{b}"], config[f"e{b}"] = choices[(c + b * (j + 1)) % len(choices)]
+                configs.append(config)
+    return configs
+
+
+def _time_in_context(dspace: SupernetDeviceSpace, backend) -> Dict[str, Tuple[float, float]]:
+    """Entry -> (statistic over its contexts, IQR over its contexts)."""
     net = dspace.supernet
-    return json.dumps({"format": LUT_FORMAT, "space": dspace.name, "supernet": net.registry_name,
+    items, keys = [], []
+    for config in covering_configs(net):
+        sub = net.extract(config)
+        # segments: stem (to the first block), each block, head (from the head conv to the output)
+        items.append((sub, dspace.input_shape, list(sub.blocks) + [sub.head]))
+        keys.append(active_parts(dspace, dspace.space.encode(config)))
+    per_entry: Dict[str, List[float]] = {}
+    for names, m in zip(keys, backend.measure_many(items)):
+        for name, value in zip(names, m.segments_ms):
+            per_entry.setdefault(name, []).append(value)
+    statistic = STATISTICS[getattr(backend, "statistic", "median")]
+    return {key: (float(statistic(v)), float(np.subtract(*np.percentile(v, [75, 25]))))
+            for key, v in per_entry.items()}
+
+
+def lut_document(dspace: SupernetDeviceSpace, entries: Dict[str, Dict[str, float]], backend_settings: dict,
+                 method: str) -> str:
+    """The ``lut-<space>.json`` text: entries plus what they were measured for and how (``method``)."""
+    net = dspace.supernet
+    return json.dumps({"format": LUT_FORMAT, "space": dspace.name, "supernet": net.registry_name, "method": method,
                        "supernet_kwargs": _jsonable(net.init_kwargs), "input_shape": list(dspace.input_shape),
                        "backend": backend_settings, "entries": entries}, indent=1)
 
 
-def read_lut(path, dspace: SupernetDeviceSpace) -> Dict[str, Dict[str, float]]:
-    """Entries of a ``lut-<space>.json``, checked against the space's supernet."""
+def read_lut(path, dspace: SupernetDeviceSpace) -> Tuple[Dict[str, Dict[str, float]], str]:
+    """Entries and timing method of a ``lut-<space>.json``, checked against the space's supernet."""
     try:
         doc = json.loads(open(path).read())
     except (OSError, json.JSONDecodeError) as err:
@@ -169,7 +230,7 @@ def read_lut(path, dspace: SupernetDeviceSpace) -> Dict[str, Dict[str, float]]:
     if doc.get("supernet_kwargs") != _jsonable(dspace.supernet.init_kwargs):
         raise HwnasError(f"{path}: measured for a supernet of another shape than {dspace.name}; "
                          "re-run 'hwnas devices measure'")
-    return doc["entries"]
+    return doc["entries"], doc.get("method", ALONE)
 
 
 def _jsonable(kwargs: dict) -> dict:

@@ -24,9 +24,8 @@ from .registry import DeviceSpec, Samples, check_name, find_device, save_device
 from .spaces import SupernetDeviceSpace, device_space
 
 DEFAULT_SETTINGS = {"batch_size": 32, "threads": 1}
-# Up to 7 rounds of 15 timings: a table entry is cheap, and the sum of a dozen of them needs
-# each median tight (the stopping rule ends earlier when the timings are steady).
-DEFAULT_TIMING = {"repeats": 15, "max_repeats": 105}
+# 15 to 45 timings each (the stopping rule ends early when the timings are steady).
+DEFAULT_TIMING = {"repeats": 15, "max_repeats": 45}
 KIND_OF_BACKEND = {"torch-cpu": "cpu", "onnxruntime-cpu": "cpu", "torch-cuda": "gpu"}
 
 
@@ -42,7 +41,7 @@ def cpu_name() -> str:
 
 def measure_job(space: str, backend: str, settings: dict, progress: Optional[Callable[[str], None]] = None) -> dict:
     """Measure table and reference samples of ``space`` here; returns plain data (Ray-safe)."""
-    from .lut import measure_table
+    from .lut import measure_table, timing_method
 
     dspace = device_space(space)
     if not isinstance(dspace, SupernetDeviceSpace):
@@ -58,7 +57,7 @@ def measure_job(space: str, backend: str, settings: dict, progress: Optional[Cal
         progress(f"{len(archs)} reference sub-networks")
     measured = runner.measure_many([(m, dspace.input_shape) for m in models])
     rows = [{"arch": a, **{k: v for k, v in m.as_dict().items() if v is not None}} for a, m in zip(archs, measured)]
-    return {"entries": entries, "samples": rows, "host": socket.gethostname(), "node": _ray_node_id(),
+    return {"entries": entries, "method": timing_method(runner), "samples": rows, "host": socket.gethostname(), "node": _ray_node_id(),
             "hardware": cpu_name() if KIND_OF_BACKEND.get(backend) == "cpu" else ""}
 
 
@@ -133,11 +132,12 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
     fields["labels"] = [label for label in fields.get("labels", []) if label != "shipped"]
     fields["spaces"] = {**fields.get("spaces", {}), dspace.slug: dspace.name}
     files = {f"samples-{dspace.slug}.csv": samples,
-             f"lut-{dspace.slug}.json": lut_document(dspace, result["entries"], {"name": backend, **runner_settings})}
+             f"lut-{dspace.slug}.json": lut_document(dspace, result["entries"], {"name": backend, **runner_settings},
+                                                     result["method"])}
     profile = save_device(DeviceSpec(**{k: v for k, v in fields.items() if v is not None}), files, home,
                           base=existing)
     entry_noise = [e["iqr_ms"] / e["latency_ms"] for e in result["entries"].values()]
-    sample_noise = values["latency_iqr_ms"] / values["latency_ms"]
+    sample_noise = [r["iqr_ms"] / r.get("median_ms", r["latency_ms"]) for r in rows]
     return {"profile": profile, "entries": len(result["entries"]), "samples": len(rows),
             "noise_entries": float(np.median(entry_noise)), "noise_samples": float(np.median(sample_noise)),
             "host": result["host"], "node": result["node"], "settings": settings}

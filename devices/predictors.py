@@ -118,15 +118,18 @@ def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple:
 
 
 class SupernetCostModel(CostModel):
+    """Summed lookup table (or MAC counts): in-context tables as they are, others calibrated on samples."""
+
     def __init__(self, profile: DeviceProfile, dspace: SupernetDeviceSpace, samples: Optional[Samples]):
-        from .lut import count_table, energy_table, macs_table, read_lut
+        from .lut import IN_CONTEXT, count_table, energy_table, macs_table, read_lut
 
         super().__init__(profile, dspace, samples)
         lut_file = profile.file("lut", dspace.name, "json")
+        timing = None
         if lut_file.is_file():
-            counts = read_lut(lut_file, dspace)
+            counts, timing = read_lut(lut_file, dspace)
             self.table = {key: entry["latency_ms"] for key, entry in counts.items()}
-            self.method = "per-block lookup table"
+            self.method = f"per-block lookup table (timed {timing})"
         elif samples is not None:
             counts = count_table(dspace.name)
             self.table, self.method = macs_table(counts), "MAC count (no lookup table measured)"
@@ -136,11 +139,13 @@ class SupernetCostModel(CostModel):
         self.energy = energy_table(counts, profile.spec.batch_size, profile.spec.precision)
         self.latency_fit = (1.0, 0.0)
         self.energy_fit = (1.0, 0.0)
-        if samples is not None:
+        # Parts timed in context add up to the whole network; fitting them to ten noisy
+        # whole-network timings would only add that noise (benchmarks/devices_lut.py).
+        if samples is not None and timing != IN_CONTEXT:
             self.method += f", calibrated on {len(samples)} whole sub-networks"
             self.latency_fit = _linear_fit(self._sum(self.table, samples.genomes), samples.values["latency_ms"])
-            if "energy_mJ" in samples.values:
-                self.energy_fit = _linear_fit(self._sum(self.energy, samples.genomes), samples.values["energy_mJ"])
+        if samples is not None and "energy_mJ" in samples.values:
+            self.energy_fit = _linear_fit(self._sum(self.energy, samples.genomes), samples.values["energy_mJ"])
         measured_energy = samples is not None and "energy_mJ" in samples.values
         self.labels = {"latency_ms": FITTED, "energy_mJ": FITTED if measured_energy else ESTIMATED,
                        "power_W": DERIVED if measured_energy else ESTIMATED}

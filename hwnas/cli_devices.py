@@ -153,14 +153,14 @@ def cmd_measure(args) -> int:
     result = measure_device(args.name, args.space, args.backend, batch_size=args.batch_size, threads=args.threads,
                             home=args.home, hardware=args.hardware, ray_resource=args.ray_resource,
                             progress=None if args.quiet else progress,
-                            **({"clock": args.clock} if args.clock else {}))
+                            **{k: v for k, v in (("clock", args.clock), ("statistic", args.statistic)) if v})
     if not args.quiet:
         print(file=sys.stderr)
     s = result["settings"]
     where = f"Ray node {result['node']}" if args.ray_resource or result["profile"].spec.ray_resource else "here"
     print(f"measured {result['entries']} lookup-table entries and {result['samples']} reference sub-networks of "
           f"{args.space} on {args.backend} (batch {s['batch_size']}, {s['threads']} thread(s), "
-          f"{args.clock or 'wall'} clock) {where}; "
+          f"{args.clock or 'wall'} clock, {args.statistic or 'median'} of the runs) {where}; "
           f"noise (median IQR/median): entries {result['noise_entries']:.1%}, "
           f"sub-networks {result['noise_samples']:.1%}; saved to {result['profile'].path}")
     print(_fit_summary(result["profile"], args.space))
@@ -214,6 +214,8 @@ def register(subparsers) -> None:
     q.add_argument("--threads", type=int)
     q.add_argument("--clock", choices=["wall", "cpu"],
                    help="wall (default) or cpu: the timing thread's CPU time, steadier on a shared machine (1 thread)")
+    q.add_argument("--statistic", choices=["median", "min"],
+                   help="latency = median (default) or min of the runs; min reproduces on a shared or virtual CPU")
     q.add_argument("--hardware")
     q.add_argument("--ray-resource", help="run on the Ray node holding this custom resource, e.g. device:NAME")
     q.add_argument("--quiet", action="store_true")

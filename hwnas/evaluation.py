@@ -122,7 +122,8 @@ class SupernetMeasureTask:
             elif m.metric == "latency_ms":
                 dev = self.devices[m.device]
                 backend = create_backend(dev.backend, batch_size=dev.batch_size, threads=dev.threads,
-                                         warmup=dev.warmup, repeats=dev.repeats)
+                                         warmup=dev.warmup, repeats=dev.repeats, clock=dev.clock,
+                                         statistic=dev.statistic)
                 values[key] = backend.measure(model, data.input_shape).latency_ms
             else:
                 raise HwnasError(f"metric {m.metric!r} cannot be measured on a supernet space yet")

@@ -310,12 +310,38 @@ def small_model():
 
 def test_time_runs_stopping_rule():
     calls = []
-    m = backends.time_runs(lambda: calls.append(1), warmup=2, repeats=5, max_repeats=40, rel_ci=math.inf)
-    assert m.repeats == 5 and len(calls) == 2 + 1 + 5  # warm-up, one round (re-warm + 5): stable at once
+    m = backends.time_runs(lambda: calls.append(1), warmup=2, repeats=5, max_repeats=40, rel_ci=math.inf,
+                           per_round=3)
+    assert m.repeats == 5 and len(calls) == 2 + (1 + 3) + (1 + 2)  # warm-up, rounds of 3 and 2: stable at once
     calls.clear()
-    m = backends.time_runs(lambda: calls.append(1), warmup=0, repeats=5, max_repeats=12, rel_ci=0.0)
-    assert m.repeats == 12 and len(calls) == 3 + 12  # never stable: rounds of 5, 5, 2 up to the cap
+    m = backends.time_runs(lambda: calls.append(1), warmup=0, repeats=5, max_repeats=12, rel_ci=0.0, per_round=3)
+    assert m.repeats == 12 and len(calls) == 5 + 12  # never stable: rounds of 3, 2, then 3, 3, 1 up to the cap
     assert m.latency_ms > 0 and m.iqr_ms >= 0 and m.noise >= 0
+
+
+def test_statistic_min_and_median():
+    now, durations = [0.0], iter([0.0, 0.008, 0.002, 0.004, 0.006])  # the re-warm run, then four timed
+    run = lambda: now.__setitem__(0, now[0] + next(durations))  # noqa: E731  (a clock that runs only in runs)
+    m = backends.time_runs(run, warmup=0, repeats=4, max_repeats=4, per_round=4, statistic="min",
+                           clock=lambda: now[0])
+    assert m.repeats == 4 and m.latency_ms == pytest.approx(2.0) and m.median_ms == pytest.approx(5.0)
+    with pytest.raises(HwnasError, match="unknown statistic"):
+        backends.create_backend("torch-cpu", statistic="mean")
+
+
+def test_segments_add_up_to_the_whole():
+    """Segment timing inside a model: one value per boundary + 1, summing to the run's time."""
+    heavy = lambda: torch.nn.Sequential(*[torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(3)])  # noqa: E731
+    model = torch.nn.Sequential(torch.nn.Identity(), heavy(), torch.nn.Linear(4, 4).eval(), heavy()).eval()
+    model[2] = torch.nn.Identity()
+    backend = backends.create_backend("torch-cpu", batch_size=2, clock="cpu", **FAST)
+    (m,) = backend.measure_many([(model, (16, 24, 24), [model[1], model[3]])])
+    stem, first, second = m.segments_ms
+    assert first > 5 * stem and second > 5 * stem  # the convolutions sit in segments 1 and 2
+    assert abs(sum(m.segments_ms) - m.latency_ms) < 0.25 * m.latency_ms
+    assert not model[1]._forward_pre_hooks  # hooks removed after measuring
+    with pytest.raises(HwnasError, match="boundaries ran"):
+        backend.measure_many([(model, (16, 24, 24), [torch.nn.Linear(2, 2)])])
 
 
 def test_measure_many_keeps_item_order():
