@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, HwnasError
 
 METRICS = ("accuracy", "latency_ms", "energy_mJ", "power_W", "params", "flops")
 COST_METRICS = ("latency_ms", "energy_mJ", "power_W")  # depend on a device
@@ -288,6 +288,8 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
                                                         f"supernet train' or 'hwnas supernet import')")
         if cfg.space.checkpoint != "default" and not Path(cfg.space.checkpoint).is_file():
             raise ConfigError(path, "space.checkpoint", f"no such file {cfg.space.checkpoint!r}; give a path or 'default'")
+        if cfg.space.checkpoint != "default":
+            _check_checkpoint(cfg, path)
         name, _, folder = cfg.data.partition(":")
         if name not in DATASETS:
             raise ConfigError(path, "data", f"unknown data set {cfg.data!r}; allowed: {', '.join(DATASETS)} "
@@ -298,4 +300,20 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
         raise ConfigError(path, "space.table", f"no such file {cfg.space.table!r}")
 
 
-DATASETS = {"fmnist-mini": False, "fashion-mnist": True, "mnist": True}  # name -> needs a folder
+DATASETS = {"fmnist-mini": False, "fashion-mnist": True, "mnist": True}  # name -> needs a folder (all grayscale)
+
+
+def _check_checkpoint(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
+    """The checkpoint holds the named supernet, and that supernet takes the data's one channel."""
+    from hwnas.supernets import load_checkpoint_header
+
+    try:
+        name, kwargs = load_checkpoint_header(cfg.space.checkpoint)
+    except HwnasError as err:
+        raise ConfigError(path, "space.checkpoint", str(err)) from None
+    if name != cfg.space.supernet:
+        raise ConfigError(path, "space.checkpoint", f"{cfg.space.checkpoint} holds a {name!r} supernet, not "
+                                                    f"{cfg.space.supernet!r}; name {name!r} in space.supernet")
+    if kwargs.get("in_chans", 1) != 1:
+        raise ConfigError(path, "space.checkpoint", f"{cfg.space.checkpoint} takes {kwargs['in_chans']}-channel "
+                                                    f"images; the data sets ({', '.join(DATASETS)}) are grayscale")

@@ -93,8 +93,7 @@ def supernet_from_dict(ckpt: Any, source: str = "checkpoint") -> Supernet:
     return net.eval()
 
 
-def load_checkpoint(path) -> Supernet:
-    """Rebuild a supernet saved by :func:`save_checkpoint` (safe ``weights_only`` loading)."""
+def _read_checkpoint(path) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise HwnasError(f"supernet checkpoint {path} does not exist")
@@ -103,7 +102,20 @@ def load_checkpoint(path) -> Supernet:
     except Exception as err:  # unpickling arbitrary bytes can fail with almost any exception type
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise HwnasError(f"supernet checkpoint {path} is corrupt or not a torch file: {first}") from None
-    return supernet_from_dict(ckpt, source=str(path))
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise HwnasError(f"{path} is not a supernet checkpoint (needs keys {', '.join(CHECKPOINT_KEYS)})")
+    return ckpt
+
+
+def load_checkpoint(path) -> Supernet:
+    """Rebuild a supernet saved by :func:`save_checkpoint` (safe ``weights_only`` loading)."""
+    return supernet_from_dict(_read_checkpoint(path), source=str(path))
+
+
+def load_checkpoint_header(path) -> tuple:
+    """``(registered name, constructor kwargs)`` of a checkpoint, without building the supernet."""
+    ckpt = _read_checkpoint(path)
+    return ckpt["name"], dict(ckpt["kwargs"])
 
 
 def load_default() -> Supernet:
@@ -116,7 +128,7 @@ __all__ = [
     "ElasticViT",
     "SUPERNETS", "DEFAULT_CHECKPOINT", "DEFAULT_SUPERNET", "Supernet", "ElasticMobileNetV3", "OFAMobileNetV3",
     "OFA_MBV3_W1", "DatasetSplits", "create", "names",
-    "save_checkpoint", "load_checkpoint", "load_default", "checkpoint_dict", "supernet_from_dict", "load_dataset",
+    "save_checkpoint", "load_checkpoint", "load_checkpoint_header", "load_default", "checkpoint_dict", "supernet_from_dict", "load_dataset",
     "arch_key", "config_from_arch_key", "recalibrate_bn", "measure_accuracy", "subnet_accuracy",
     "calibration_batches", "TrainSettings", "TrainResult", "train_supernet", "tradeoff_report", "cpu_latency_ms",
 ]

@@ -77,8 +77,15 @@ def test_import_timm_weights_then_name_them_in_an_experiment(tmp_path, capsys):
                   "objectives": {"params": "min", "latency_ms": "min"}}
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump(experiment))
-    assert main(["validate", str(cfg)]) == 0
-    capsys.readouterr()
+    # It validates as far as the data: the built-in data sets are grayscale, the weights take RGB.
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "space.checkpoint" in err and "3-channel" in err and "grayscale" in err and len(err.splitlines()) == 1
+    # A checkpoint holding another supernet than the one named.
+    cfg.write_text(yaml.safe_dump({**experiment, "space": {"supernet": "elastic_mbv3", "checkpoint": str(out)}}))
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a 'ofa_mbv3_w1' supernet, not 'elastic_mbv3'" in err and len(err.splitlines()) == 1
     # The shipped checkpoint holds elastic_mbv3: naming another supernet without a checkpoint is an error.
     cfg.write_text(yaml.safe_dump({**experiment, "space": {"supernet": "ofa_mbv3_w1"}}))
     assert main(["validate", str(cfg)]) == 2
