@@ -17,7 +17,7 @@ import torch
 from hwnas.errors import HwnasError
 from hwnas.registry import Registry
 
-from .base import Supernet, calibration_batches, measure_accuracy, recalibrate_bn, subnet_accuracy
+from .base import Supernet, calibration_batches, load_torch_file, measure_accuracy, recalibrate_bn, subnet_accuracy
 from .datasets import DatasetSplits, load_dataset
 from .elastic_mbv3 import OFA_MBV3_W1, ElasticMobileNetV3, OFAMobileNetV3, arch_key, config_from_arch_key
 from .elastic_resnet import ElasticResNet
@@ -94,14 +94,7 @@ def supernet_from_dict(ckpt: Any, source: str = "checkpoint") -> Supernet:
 
 
 def _read_checkpoint(path) -> Dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise HwnasError(f"supernet checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling arbitrary bytes can fail with almost any exception type
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise HwnasError(f"supernet checkpoint {path} is corrupt or not a torch file: {first}") from None
+    ckpt = load_torch_file(path, "supernet checkpoint")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise HwnasError(f"{path} is not a supernet checkpoint (needs keys {', '.join(CHECKPOINT_KEYS)})")
     return ckpt

@@ -10,6 +10,7 @@ statistics a supernet keeps are a mixture over all the sub-networks it trained.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from abc import ABC, abstractmethod
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -21,6 +22,18 @@ from hwnas.errors import HwnasError
 from hwnas.space import SearchSpace
 
 Config = Dict[str, Any]
+
+
+def load_torch_file(path, what: str) -> Any:
+    """``torch.load`` with ``weights_only`` (no code runs), any failure as one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise HwnasError(f"{what} {path}: no such file (does not exist)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling arbitrary bytes can fail with almost any exception type
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise HwnasError(f"{what} {path} is corrupt or not a torch file: {first}") from None
 
 
 class Supernet(nn.Module, ABC):

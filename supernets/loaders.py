@@ -25,6 +25,7 @@ from torch import nn
 
 from hwnas.errors import HwnasError
 
+from .base import load_torch_file
 from .elastic_mbv3 import OFAMobileNetV3
 
 Source = Union[str, Path, Mapping[str, torch.Tensor]]
@@ -43,15 +44,8 @@ def read_state_dict(source: Source) -> Tuple[Dict[str, torch.Tensor], str]:
     if isinstance(source, Mapping):
         obj, name = source, "the given state dict"
     else:
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise HwnasError(f"{path}: no such file")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling arbitrary bytes can fail with almost any exception type
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise HwnasError(f"{path}: not a torch file of tensors: {first}") from None
+        name = str(source)
+        obj = load_torch_file(source, "weights file")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(
