@@ -5,10 +5,10 @@ then timed runs in short rounds (``per_round`` runs of each model per round, mod
 interleaved round by round, so a slow spell of a shared machine hits them alike) until
 the median is stable - the half-width of its 95 % confidence interval (the boxplot-notch
 estimate ``1.57 * IQR / sqrt(n)``) is below ``rel_ci`` of the median - or ``max_repeats``
-runs were made. The latency is the ``statistic`` of the runs: ``median`` (the default), or
-``min``, which is what reproduces on a shared or virtualised CPU, where interference only
-ever adds time (benchmarks/devices_lut.py measures both). The median and the IQR (the
-timing noise) are stored either way.
+runs were made. The latency is the ``statistic`` of the runs: ``min`` (the default), which is
+what reproduces on a shared or virtualised machine, where interference only ever adds time
+(benchmarks/devices_lut.py), or ``median``. The median and the IQR (the timing noise) are
+stored either way.
 
 Energy, when the hardware exposes a counter: RAPL package energy on Linux CPUs
 (``/sys/class/powercap/intel-rapl*/energy_uj``, the whole package, so other processes on
@@ -139,7 +139,7 @@ def time_interleaved(runs: Sequence[Callable[[], object]], warmup: int = 3, repe
                      max_repeats: Optional[int] = None, rel_ci: float = 0.02, sync: Callable[[], None] = lambda: None,
                      energy: Optional[Callable[[], Optional[float]]] = None,
                      clock: Callable[[], float] = time.perf_counter, per_round: int = 3,
-                     statistic: str = "median") -> List[Measurement]:
+                     statistic: str = "min") -> List[Measurement]:
     """Time several callables in rounds: per round, each item runs once untimed, then ``per_round`` timed.
 
     Short interleaved rounds spread every item's runs over the whole measurement, so a
@@ -227,7 +227,7 @@ class _Backend:
 
     def __init__(self, batch_size: int = 1, threads: int = 1, warmup: int = 3, repeats: int = 15,
                  max_repeats: Optional[int] = None, rel_ci: float = 0.02, channels_last: bool = False,
-                 clock: str = "wall", statistic: str = "median", per_round: int = 3):
+                 clock: str = "wall", statistic: str = "min", per_round: int = 3):
         if batch_size < 1 or threads < 1 or repeats < 1 or warmup < 0:
             raise HwnasError("backend settings: batch_size, threads and repeats must be >= 1, warmup >= 0")
         if clock not in CLOCKS:

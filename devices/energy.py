@@ -15,6 +15,11 @@ conv / linear layer reads its weights and its input from DRAM and writes its out
 DRAM once per forward pass of the batch. Newer processes are more efficient, so the
 figures rank architectures by energy better than they predict a given chip's joules;
 values derived this way are always labelled ``estimated``. Power = energy / latency.
+
+The counts come from :func:`count_model` on a torch model (supernet spaces, per lookup-table
+entry) or, for the tabular spaces, from :meth:`hwnas.tabular.TabularSpace.counts`, which
+walks the same layers analytically (equal to :func:`count_model` on the built networks;
+``tests/test_tabular.py``). The fields of :class:`Counts` may be arrays (one per architecture).
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ class Counts:
     def __add__(self, other: "Counts") -> "Counts":
         return Counts(self.macs + other.macs, self.weight_values + other.weight_values,
                       self.activation_values + other.activation_values)
+
+    def batch(self, batch_size: int) -> "Counts":
+        """One image's work -> a batch's: the weights are read once per batch, the rest scales."""
+        return Counts(self.macs * batch_size, self.weight_values, self.activation_values * batch_size)
 
 
 def _check_precision(precision: str) -> None:

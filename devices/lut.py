@@ -143,8 +143,8 @@ def energy_table(counts: Dict[str, Dict[str, float]], batch_size: int, precision
     """Estimated energy (mJ) per entry for one forward pass of ``batch_size`` images."""
     from .energy import energy_mJ
 
-    return {key: energy_mJ(Counts(c["macs"] * batch_size, c["weight_values"], c["activation_values"] * batch_size),
-                           precision) for key, c in counts.items()}
+    return {key: energy_mJ(Counts(c["macs"], c["weight_values"], c["activation_values"]).batch(batch_size), precision)
+            for key, c in counts.items()}
 
 
 def macs_table(counts: Dict[str, Dict[str, float]]) -> Dict[str, float]:

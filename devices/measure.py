@@ -119,6 +119,7 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
     rows = result["samples"]
     genomes = np.stack([dspace.parse_arch(r["arch"]) for r in rows])
     values = {"latency_ms": np.array([r["latency_ms"] for r in rows]),
+              "latency_median_ms": np.array([r["median_ms"] for r in rows]),
               "latency_iqr_ms": np.array([r["iqr_ms"] for r in rows])}
     for metric in ("energy_mJ", "power_W"):
         if all(metric in r for r in rows):
@@ -137,7 +138,7 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
     profile = save_device(DeviceSpec(**{k: v for k, v in fields.items() if v is not None}), files, home,
                           base=existing)
     entry_noise = [e["iqr_ms"] / e["latency_ms"] for e in result["entries"].values()]
-    sample_noise = [r["iqr_ms"] / r.get("median_ms", r["latency_ms"]) for r in rows]
+    sample_noise = [r["iqr_ms"] / r["median_ms"] for r in rows]
     return {"profile": profile, "entries": len(result["entries"]), "samples": len(rows),
             "noise_entries": float(np.median(entry_noise)), "noise_samples": float(np.median(sample_noise)),
             "host": result["host"], "node": result["node"], "settings": settings}

@@ -4,7 +4,7 @@ Layout of ``<home>/<NAME>/``::
 
     device.yaml                 name, kind, hardware, backend, batch_size, threads, precision,
                                 peak_gflops, bandwidth_gbs, source, labels, ray_resource, spaces
-    samples-<space>.csv         arch, latency_ms [, latency_iqr_ms, energy_mJ, power_W]
+    samples-<space>.csv         arch, latency_ms [, latency_median_ms, latency_iqr_ms, energy_mJ, power_W]
     lut-<space>.json            (supernet spaces, after ``measure``) per-block latency table
 
 Home: the ``home`` argument, else ``$HWNAS_HOME/devices``, else ``~/.hwnas/devices``.
@@ -38,7 +38,7 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILE_FILE = "device.yaml"
 MIN_SAMPLES = 5
 REQUIRED_COLUMNS = ("arch", "latency_ms")
-OPTIONAL_COLUMNS = ("latency_iqr_ms", "energy_mJ", "power_W")
+OPTIONAL_COLUMNS = ("latency_median_ms", "latency_iqr_ms", "energy_mJ", "power_W")
 METRIC_COLUMNS = ("latency_ms", "energy_mJ", "power_W")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

@@ -160,7 +160,7 @@ def cmd_measure(args) -> int:
     where = f"Ray node {result['node']}" if args.ray_resource or result["profile"].spec.ray_resource else "here"
     print(f"measured {result['entries']} lookup-table entries and {result['samples']} reference sub-networks of "
           f"{args.space} on {args.backend} (batch {s['batch_size']}, {s['threads']} thread(s), "
-          f"{args.clock or 'wall'} clock, {args.statistic or 'median'} of the runs) {where}; "
+          f"{args.clock or 'wall'} clock, {args.statistic or 'min'} of the runs) {where}; "
           f"noise (median IQR/median): entries {result['noise_entries']:.1%}, "
           f"sub-networks {result['noise_samples']:.1%}; saved to {result['profile'].path}")
     print(_fit_summary(result["profile"], args.space))
@@ -214,8 +214,8 @@ def register(subparsers) -> None:
     q.add_argument("--threads", type=int)
     q.add_argument("--clock", choices=["wall", "cpu"],
                    help="wall (default) or cpu: the timing thread's CPU time, steadier on a shared machine (1 thread)")
-    q.add_argument("--statistic", choices=["median", "min"],
-                   help="latency = median (default) or min of the runs; min reproduces on a shared or virtual CPU")
+    q.add_argument("--statistic", choices=["min", "median"],
+                   help="latency = min (default: reproduces on a shared or virtual machine) or median of the runs")
     q.add_argument("--hardware")
     q.add_argument("--ray-resource", help="run on the Ray node holding this custom resource, e.g. device:NAME")
     q.add_argument("--quiet", action="store_true")

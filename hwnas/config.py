@@ -66,7 +66,7 @@ class DeviceConfig(_Model):
     # "cpu": the timing thread's CPU time (needs threads: 1); "min": the statistic that
     # reproduces on a shared CPU (see hwnas.devices.backends).
     clock: Literal["wall", "cpu"] = "wall"
-    statistic: Literal["median", "min"] = "median"
+    statistic: Literal["min", "median"] = "min"
 
     @model_validator(mode="after")
     def _cpu_clock_single_thread(self):

@@ -5,9 +5,10 @@ architecture (``arch_str`` for NB201, ``arch_key`` for FBNet/OFA) and metric col
 ``<device>_latency_ms``. :class:`TabularBenchmark` maps rows to genomes of a
 :class:`hwnas.space.SearchSpace` so search strategies and predictors run on the table.
 
-Each space also gives predictor features and an analytical MAC count (used by the FLOPs
-baseline). Those depend only on the genome, never on the table, so a predictor trained on a
-table can score genomes the table does not hold.
+Each space also gives predictor features, an analytical MAC count (used by the FLOPs
+baseline) and the work counts of the analytical energy estimate (:meth:`TabularSpace.counts`).
+Those depend only on the genome, never on the table, so a predictor trained on a table can
+score genomes the table does not hold.
 
 MAC conventions (multiply-accumulates of conv / linear layers; BN, activations and additions
 are ignored, pooling counts one op per window element):
@@ -26,6 +27,13 @@ are ignored, pooling counts one op per window element):
   five stages (24,40,80,112,160 channels, strides 2,2,2,1,2, squeeze-excite in stages
   2, 4, 5) of which the first ``d`` of 4 block slots run, each an inverted residual with
   kernel ``ks`` and expansion ``e``; then 1x1 to 960, pooling, 960->1280->1000.
+
+Work counts (:meth:`TabularSpace.counts`, for :mod:`hwnas.devices.energy`) walk the same
+layers, counted like :func:`hwnas.devices.energy.count_model` counts a torch model: conv and
+linear layers only (no pooling), each reading its weights (bias included) and its input and
+writing its output once. OFA's squeeze-excite width is rounded as in OFA and timm
+(``make_divisible(hidden / 4, 8)``); the MAC count keeps ``hidden // 4``, which the shipped
+predictors' features were computed with (squeeze-excite runs on 1x1 maps: < 0.1 % of MACs).
 """
 
 from __future__ import annotations
@@ -79,6 +87,22 @@ def _as_genomes(genomes, n_var: int) -> np.ndarray:
     return G
 
 
+def _conv_work(cin, cout, k, h_in, h_out, groups=1, bias=False) -> np.ndarray:
+    """[MACs, weight values, activation values] of one conv (a linear layer: k = h = 1) for one
+    image; arguments may be arrays over architectures (the result is then (3, n))."""
+    per_output = cin // groups * k * k
+    parts = np.broadcast_arrays(h_out * h_out * cout * per_output, cout * per_output + (cout if bias else 0),
+                                cin * h_in * h_in + cout * h_out * h_out)
+    return np.stack(parts).astype(float)
+
+
+def _make_divisible(v):
+    """timm's ``make_divisible(v, 8)`` (channel rounding of OFA / :mod:`hwnas.supernets`), on arrays."""
+    v = np.asarray(v, dtype=float)
+    out = np.maximum(8, (v + 4).astype(np.int64) // 8 * 8)
+    return np.where(out < 0.9 * v, out + 8, out)
+
+
 class TabularSpace:
     """Genome encoding of one benchmark's architectures (no data): parse, format, features."""
 
@@ -96,6 +120,11 @@ class TabularSpace:
         raise NotImplementedError
 
     def features(self, genomes) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def counts(self, genomes) -> np.ndarray:  # pragma: no cover - abstract
+        """(n, 3): MACs, weight values and activation values moved by one image's forward pass
+        (module docstring, "Work counts"); the input of the analytical energy estimate."""
         raise NotImplementedError
 
     def additive_features(self, genomes) -> np.ndarray:
@@ -128,6 +157,20 @@ class TabularSpace:
 # --------------------------------------------------------------------------- NB201
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 NB201_EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))  # (from, to), string order
+NB201_STAGES = ((16, 32), (32, 16), (64, 8))  # (channels, feature-map size) of the three stages
+NB201_CELLS = 5  # cells per stage
+
+
+def _nb201_work(G: np.ndarray) -> np.ndarray:
+    """(3, n) conv/linear work of NB201 networks (pooling excluded)."""
+    fixed = _conv_work(3, 16, 3, 32, 32) + _conv_work(64, 10, 1, 1, 1, bias=True)  # stem, classifier
+    for (cin, _), (cout, h) in zip(NB201_STAGES, NB201_STAGES[1:]):  # residual reduction blocks
+        fixed += _conv_work(cin, cout, 3, 2 * h, h) + _conv_work(cout, cout, 3, h, h) + _conv_work(cin, cout, 1, h, h)
+    work = np.repeat(fixed[:, None], len(G), axis=1)
+    for c, h in NB201_STAGES:
+        for op, k in ((2, 1), (3, 3)):  # nor_conv_1x1, nor_conv_3x3 (none, skip and pooling have no conv)
+            work += np.outer(_conv_work(c, c, k, h, h), NB201_CELLS * (G == op).sum(1))
+    return work
 
 
 class Nb201Space(TabularSpace):
@@ -142,6 +185,7 @@ class Nb201Space(TabularSpace):
         all_genomes = np.array(np.unravel_index(np.arange(5**6), (5,) * 6)).T
         self._feature_table = self._compute_features(all_genomes)
         self._macs_table = self._compute_macs(all_genomes)
+        self._counts_table = _nb201_work(all_genomes).T
 
     def arch_to_genome(self, arch: str) -> np.ndarray:
         nodes = arch.strip().strip("|").split("|+|") if isinstance(arch, str) else []
@@ -190,15 +234,9 @@ class Nb201Space(TabularSpace):
         return on & from_in & to_out
 
     def _compute_macs(self, G: np.ndarray) -> np.ndarray:
-        per_op_unit = np.array([0.0, 0.0, 1.0, 9.0, 0.0])  # x H*W*C*C
-        pool_unit = np.array([0.0, 0.0, 0.0, 0.0, 9.0])  # x H*W*C
-        total = np.full(G.shape[0], 32 * 32 * 3 * 16 * 9, dtype=float)  # stem
-        for c, h in ((16, 32), (32, 16), (64, 8)):
-            cell = (per_op_unit[G] * h * h * c * c + pool_unit[G] * h * h * c).sum(1)
-            total += 5 * cell
-        for cin, cout, h in ((16, 32, 16), (32, 64, 8)):  # reduction blocks, output size h
-            total += h * h * (cin * cout * 9 + cout * cout * 9 + cin * cout + cin * 4)
-        return total + 64 * 10
+        pool = sum(NB201_CELLS * (G == 4).sum(1) * 9 * h * h * c for c, h in NB201_STAGES)  # 3x3 avg-pool edges
+        pool += sum(h * h * cin * 4 for (cin, _), (_, h) in zip(NB201_STAGES, NB201_STAGES[1:]))  # 2x2 shortcut pools
+        return _nb201_work(G)[0] + pool
 
     def _compute_features(self, G: np.ndarray) -> np.ndarray:
         live = self.live_edges(G)
@@ -218,6 +256,9 @@ class Nb201Space(TabularSpace):
 
     def features(self, genomes) -> np.ndarray:
         return self._feature_table[self._code(self.check(genomes))]
+
+    def counts(self, genomes) -> np.ndarray:
+        return self._counts_table[self._code(self.check(genomes))]
 
 
 # --------------------------------------------------------------------------- FBNet
@@ -242,21 +283,26 @@ class FbnetSpace(TabularSpace):
 
     def __init__(self):
         self.space = SearchSpace([Choice(f"block_{i}", FBNET_OPS) for i in range(22)], name="fbnet")
-        table = np.zeros((22, len(FBNET_OPS)))
+        work = np.zeros((22, len(FBNET_OPS), 3))
         for b, (cin, cout, s, h) in enumerate(_fbnet_layout()):
             ho = -(-h // s)
             for j, op in enumerate(FBNET_OPS):
                 if op == "skip":
-                    table[b, j] = 0.0 if (cin == cout and s == 1) else ho * ho * cin * cout
+                    if cin != cout or s != 1:
+                        work[b, j] = _conv_work(cin, cout, 1, h, ho)
                     continue
                 m = re.fullmatch(r"k(\d)_e(\d)(?:_g(\d))?", op)
                 k, e, g = int(m[1]), int(m[2]), int(m[3] or 1)
                 hidden = cin * e
-                table[b, j] = h * h * cin * hidden / g + ho * ho * hidden * k * k + ho * ho * hidden * cout / g
-        self.block_macs = table  # (22, 9)
+                work[b, j] = (_conv_work(cin, hidden, 1, h, h, groups=g) + _conv_work(hidden, hidden, k, h, ho, groups=hidden)
+                              + _conv_work(hidden, cout, 1, ho, ho, groups=g))
+        self.block_work = work  # (22, 9, 3)
+        self.block_macs = work[:, :, 0]
         h_out = _fbnet_layout()[-1][3]
-        self.fixed_macs = 32 * 32 * 3 * 16 * 9 + h_out * h_out * 352 * 1504 + 1504 * 100
-        self._block_scale = table.max(1, keepdims=True).T  # (1, 22)
+        self.fixed_work = (_conv_work(3, 16, 3, 32, 32) + _conv_work(352, 1504, 1, h_out, h_out)
+                           + _conv_work(1504, 100, 1, 1, 1, bias=True))
+        self.fixed_macs = self.fixed_work[0]
+        self._block_scale = self.block_macs.max(1, keepdims=True).T  # (1, 22)
 
     def arch_to_genome(self, arch: str) -> np.ndarray:
         parts = arch.strip().split("-") if isinstance(arch, str) else []
@@ -274,6 +320,10 @@ class FbnetSpace(TabularSpace):
 
     def macs(self, genomes) -> np.ndarray:
         return self._per_block(self.check(genomes)).sum(1) + self.fixed_macs
+
+    def counts(self, genomes) -> np.ndarray:
+        G = self.check(genomes)
+        return self.block_work[np.arange(22)[None, :], G].sum(1) + self.fixed_work
 
     def features(self, genomes) -> np.ndarray:
         G = self.check(genomes)
@@ -341,12 +391,14 @@ class OfaSpace(TabularSpace):
         active = np.arange(4)[None, None, :] < d[:, :, None]  # (n, 5, 4)
         return k, e, d, r, active.reshape(-1, 20)
 
-    def _block_macs(self, G: np.ndarray):
-        """(n, 20) MACs of each block slot (0 when inactive) and (n,) fixed-layer MACs."""
+    def _block_work(self, G: np.ndarray, se_width):
+        """(3, n, 20) work of each block slot (0 when inactive) and (3, n) of the fixed layers;
+        ``se_width(hidden)``: squeeze-excite channels."""
         k, e, d, r, active = self._decode(G)
         h = -(-r // 2)
-        fixed = h * h * (3 * 16 * 9 + 16 * 9 + 16 * 16)  # stem + first block
-        blocks = np.zeros(k.shape, dtype=float)
+        # stem, then the fixed first block (3x3 depthwise, 1x1 project)
+        fixed = _conv_work(3, 16, 3, r, h) + _conv_work(16, 16, 3, h, h, groups=16) + _conv_work(16, 16, 1, h, h)
+        blocks = np.zeros((3,) + k.shape)
         c_in = 16
         for s, (c_out, stride, se) in enumerate(OFA_STAGES):
             for i in range(4):
@@ -355,18 +407,30 @@ class OfaSpace(TabularSpace):
                 cin = c_in if i == 0 else c_out
                 ho = -(-h // st)
                 hidden = cin * e[:, slot]
-                m = h * h * cin * hidden + ho * ho * hidden * k[:, slot] ** 2 + ho * ho * hidden * c_out
-                if se:
-                    m = m + 2 * hidden * (hidden // 4)
-                blocks[:, slot] = m
+                w = (_conv_work(cin, hidden, 1, h, h) + _conv_work(hidden, hidden, k[:, slot], h, ho, groups=hidden)
+                     + _conv_work(hidden, c_out, 1, ho, ho))
+                if se:  # two biased 1x1 convs on the pooled map
+                    rd = se_width(hidden)
+                    w = w + _conv_work(hidden, rd, 1, 1, 1, bias=True) + _conv_work(rd, hidden, 1, 1, 1, bias=True)
+                blocks[:, :, slot] = w
                 h = ho
             c_in = c_out
-        fixed = fixed + h * h * 160 * 960 + 960 * 1280 + 1280 * 1000
+        classifier = _conv_work(960, 1280, 1, 1, 1, bias=True) + _conv_work(1280, 1000, 1, 1, 1, bias=True)
+        fixed = fixed + _conv_work(160, 960, 1, h, h) + classifier[:, None]
         return blocks * active, fixed
+
+    def _block_macs(self, G: np.ndarray):
+        """(n, 20) MACs of each block slot (0 when inactive) and (n,) fixed-layer MACs."""
+        blocks, fixed = self._block_work(G, lambda hidden: hidden // 4)
+        return blocks[0], fixed[0]
 
     def macs(self, genomes) -> np.ndarray:
         blocks, fixed = self._block_macs(self.check(genomes))
         return blocks.sum(1) + fixed
+
+    def counts(self, genomes) -> np.ndarray:
+        blocks, fixed = self._block_work(self.check(genomes), lambda hidden: _make_divisible(hidden / 4))
+        return (blocks.sum(2) + fixed).T
 
     def additive_features(self, genomes) -> np.ndarray:
         """Active-slot kernel and expand indicators plus resolution (inactive slots cost 0)."""
