@@ -2,7 +2,11 @@
 
 * Tabular spaces (``nb201``, ``fbnet``, ``ofa_mbv3``): the shipped meta-learned few-shot
   predictor (:mod:`hwnas.predictors.fewshot`) adapted to the device's samples, one
-  adaptation per metric column the samples have (latency_ms, energy_mJ, power_W).
+  adaptation per metric column the samples have (latency_ms, energy_mJ, power_W). Samples
+  with power but no energy give energy = power x latency; samples with neither give the
+  analytical estimate (:meth:`hwnas.tabular.TabularSpace.counts` through
+  :mod:`hwnas.devices.energy`, at the profile's batch size and precision), labelled
+  ``estimated``, and power = energy / predicted latency, labelled the same.
 * Supernet spaces: the device's per-block lookup table (``hwnas devices measure``) summed
   over the sub-network's parts, calibrated by a linear fit on the whole sub-networks in
   the samples. A device with samples but no table falls back to the MAC count summed the
@@ -25,8 +29,8 @@ from scipy.stats import spearmanr, theilslopes
 
 from hwnas.errors import HwnasError
 
-from .energy import ESTIMATED
-from .registry import DeviceProfile, Samples, get_device
+from .energy import ESTIMATED, Counts, energy_mJ, power_W
+from .registry import METRIC_COLUMNS, DeviceProfile, Samples, get_device
 from .spaces import DeviceSpace, SupernetDeviceSpace, TabularDeviceSpace, device_space
 
 FITTED, DERIVED = "fitted", "derived"
@@ -92,18 +96,36 @@ class TabularCostModel(CostModel):
         base = _pretrained(dspace.name)
         self.method = "few-shot (meta-learned, adapted to the samples)"
         self.adapted = {m: base.adapt(samples.values[m], samples.genomes) for m in samples.metrics}
-        self.labels = {m: FITTED for m in samples.metrics}
-        if "energy_mJ" in self.adapted and "power_W" not in self.adapted:
-            self.labels["power_W"] = DERIVED
+        labels = {m: FITTED for m in samples.metrics}
+        if "energy_mJ" in labels:
+            labels.setdefault("power_W", DERIVED)
+        elif "power_W" in labels:
+            labels["energy_mJ"] = DERIVED  # power x latency: measured power beats the estimate
+        else:
+            labels.update(energy_mJ=ESTIMATED, power_W=ESTIMATED)
+        self.labels = {m: labels[m] for m in METRIC_COLUMNS}
+        # Latency predicted below the device's fastest sample is extrapolation (on NB201's near-empty
+        # cells the few-shot model even goes below zero): power and energy derived from it use this floor.
+        self.latency_floor = float(samples.values["latency_ms"].min())
 
     def _refit(self, samples: Samples) -> "TabularCostModel":
         return TabularCostModel(self.profile, self.dspace, samples)
 
+    def estimated_energy(self, genomes) -> np.ndarray:
+        """Analytical energy (mJ) of one forward pass at the profile's batch size and precision."""
+        per_image = Counts(*self.dspace.tspace.counts(genomes).T)
+        return energy_mJ(per_image.batch(self.profile.spec.batch_size), self.profile.spec.precision)
+
     def predict(self, genomes) -> Dict[str, np.ndarray]:
         out = {m: model.predict(genomes) for m, model in self.adapted.items()}
-        if self.labels.get("power_W") == DERIVED:
-            out["power_W"] = out["energy_mJ"] / out["latency_ms"]
-        return out
+        latency = np.maximum(out["latency_ms"], self.latency_floor)
+        if self.labels["energy_mJ"] == ESTIMATED:
+            out["energy_mJ"] = self.estimated_energy(genomes)
+        elif self.labels["energy_mJ"] == DERIVED:
+            out["energy_mJ"] = out["power_W"] * latency
+        if self.labels["power_W"] != FITTED:
+            out["power_W"] = power_W(out["energy_mJ"], latency)
+        return {m: out[m] for m in self.labels}
 
 
 # --------------------------------------------------------------------------- supernet

@@ -41,9 +41,11 @@ def _execute(cfg, run_dir: Path, quiet: bool) -> int:
             summary = exp.run()
             progress.update(task, description=f"{cfg.name}: writing report")
             write_report(exp, summary.front, summary.wall_time_s)
+            estimated = exp.estimated_keys()
         finally:
             exp.close()
-    best = ", ".join(f"{m.key} {min(c.value(m.key) for c in summary.front):.4g}–"
+    best = ", ".join(f"{m.key}{' (estimated)' if m.key in estimated else ''} "
+                     f"{min(c.value(m.key) for c in summary.front):.4g}–"
                      f"{max(c.value(m.key) for c in summary.front):.4g}"
                      for m in exp.metrics if m.goal) if summary.front else "no feasible candidate"
     print(f"Searched {cfg.name} with {cfg.strategy.name}: {summary.n_candidates} distinct candidates evaluated "

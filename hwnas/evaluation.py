@@ -19,6 +19,8 @@ import torch
 from .config import COST_METRICS, DeviceConfig, ExperimentConfig, split_metric
 from .errors import HwnasError
 
+PROFILE_ONLY = ("energy_mJ", "power_W")  # no meter here: always predicted from the device's profile
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -27,6 +29,10 @@ class Metric:
     device: Optional[str]  # for cost metrics
     goal: Optional[str]  # "min"/"max" for objectives, None for budget-only metrics
     source: str  # "measured" or "predicted" during the search
+
+    @property
+    def measurable(self) -> bool:
+        return self.metric not in PROFILE_ONLY
 
     @property
     def sign(self) -> float:
@@ -57,8 +63,7 @@ def experiment_metrics(cfg: ExperimentConfig) -> List[Metric]:
         if ck not in out:
             dev = cfg.metric_device(b.metric)
             metric = split_metric(b.metric)[0]
-            # Energy and power have no meter here: they come from the device's profile.
-            source = "predicted" if metric in ("energy_mJ", "power_W") else "measured"
+            source = "predicted" if metric in PROFILE_ONLY else "measured"
             out[ck] = Metric(ck, metric, dev.name if dev else None, None, source)
     return list(out.values())
 

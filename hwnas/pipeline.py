@@ -48,6 +48,7 @@ class Experiment:
         self.space_backend = create_space_backend(cfg, self.metrics)
         self.space = self.space_backend.space
         self.predictors: Dict[str, object] = {}
+        self._cost_models: Dict[str, object] = {}  # device name -> its cost model on this space
         self.progress = progress
         # Every stored candidate, read once (a resume starts from them) and kept current in memory,
         # so a generation's evaluation does not re-read the whole store.
@@ -129,11 +130,24 @@ class Experiment:
             return None
         from hwnas.devices import cost_model
 
-        model = cost_model(metric.device, self.space_backend.device_space)
+        if metric.device not in self._cost_models:
+            self._cost_models[metric.device] = cost_model(metric.device, self.space_backend.device_space)
+        model = self._cost_models[metric.device]
         if metric.metric not in model.metrics:
             raise HwnasError(f"device {metric.device!r} has no {metric.metric} model for this space "
                              f"(it has: {', '.join(model.metrics) or 'none'})")
         return model
+
+    def estimated_keys(self) -> List[str]:
+        """Metrics whose values are analytical estimates (energy/power of a device without measured energy)."""
+        from hwnas.devices.energy import ESTIMATED
+
+        out = []
+        for m in self.metrics:
+            model = self._device_cost_model(m) if m.source == "predicted" else None
+            if model is not None and model.labels[m.metric] == ESTIMATED:
+                out.append(m.key)
+        return out
 
     def _fitted_predictor(self, key: str):
         from hwnas.predictors import AccuracyPredictor
@@ -181,10 +195,9 @@ class Experiment:
 
         start = time.time()
         self.store.set_meta("status", "running")
-        all_measured = {m.key: "measured" for m in self.metrics}
         init = self.initial_samples()
         if len(init):
-            self.evaluate(init, generation=0, sources=all_measured)
+            self.evaluate(init, generation=0, sources=self._all_measured())
             self.store.record_generation(0)
         problem = ExperimentProblem(self.space.upper, n_obj=sum(1 for m in self.metrics if m.goal),
                                     n_constr=len(self.cfg.budgets), evaluate_batch=self.evaluate)
@@ -203,10 +216,10 @@ class Experiment:
         Predictions can be optimistic: measuring the front can drop members and bring in
         others, so repeat until every member is measured (bounded by MAX_FRONT_ROUNDS).
         """
-        all_measured = {m.key: "measured" for m in self.metrics}
+        all_measured = self._all_measured()
         for _ in range(MAX_FRONT_ROUNDS if self.cfg.measure_front else 0):
             front = self.front()
-            todo = [c for c in front if any(k not in c.measured for k in all_measured)]
+            todo = [c for c in front if any(s == "measured" and k not in c.measured for k, s in all_measured.items())]
             if not todo:
                 return front
             # Front members are stored already, so no new candidate (and no generation) arises.
@@ -218,7 +231,7 @@ class Experiment:
 
         cands = [c for c in self.store.candidates() if all(c.value(m.key) is not None for m in self.metrics)]
         if measured_only:
-            cands = [c for c in cands if all(m.key in c.measured for m in self.metrics)]
+            cands = [c for c in cands if all(m.key in c.measured for m in self.metrics if m.measurable)]
         if not cands:
             return []
         rows = [self._effective(c) for c in cands]
@@ -230,6 +243,10 @@ class Experiment:
         # One row per distinct objective vector: ties are the same point of the front.
         idx = sorted(nondominated(F), key=lambda i: tuple(F[i]))
         return [cands[i] for i in idx]
+
+    def _all_measured(self) -> Dict[str, str]:
+        """Sources that measure every metric that can be measured (energy and power stay predicted)."""
+        return {m.key: "measured" if m.measurable else m.source for m in self.metrics}
 
     def close(self):
         self.space_backend.close()
@@ -337,8 +354,8 @@ class TableSpace:
 
     def exhaustive(self):
         """Every architecture's values (complete tables only): the true front to compare with."""
-        if not self.complete:
-            return None
+        if not self.complete or not all(m.measurable for m in self.metrics.values()):
+            return None  # energy and power are not in the table: no true front
         columns = self._values(self.bench.genomes, list(self.metrics))
         return [dict(zip(columns, vals)) for vals in zip(*columns.values())]
 

@@ -9,18 +9,23 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from .evaluation import Metric, budget_slack, objective_matrix
+from .evaluation import Metric, budget_slack, canonical_key, objective_matrix
 from .store import Candidate
 
 
-def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe) -> List[Dict]:
+ESTIMATE_NOTE = ("analytical estimates (MACs and memory traffic x per-operation energy, Horowitz ISSCC 2014; "
+                 "hwnas.devices.energy), not measurements")
+
+
+def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe, estimated=()) -> List[Dict]:
     rows = []
     for c in cands:
         row = {"id": c.id, "arch": describe(c.config), "generation": c.generation,
                "config": json.dumps(c.config, sort_keys=True)}
         for m in metrics:
             row[m.key] = c.value(m.key)
-            row[f"{m.key}_source"] = c.source(m.key)
+            source = c.source(m.key)
+            row[f"{m.key}_source"] = "estimated" if source == "predicted" and m.key in estimated else source
         row["eval_seconds"] = round(c.wall_time_s, 4)
         rows.append(row)
     return rows
@@ -102,15 +107,14 @@ def plot_pareto(path: Path, exp, front: Sequence[Candidate]) -> None:
     order = np.argsort(fx)
     ax.plot(np.array(fx)[order], np.array(fy)[order], "-o", c="tab:red", label="Pareto front")
     for b in exp.cfg.budgets:
-        from .evaluation import canonical_key
-
         key = canonical_key(exp.cfg, b.metric)
         if key == x.key:
             ax.axvline(b.value, ls="--", c="k", lw=1, label=b.text)
         elif key == y.key:
             ax.axhline(b.value, ls="--", c="k", lw=1, label=b.text)
-    ax.set_xlabel(f"{x.key} ({x.goal})")
-    ax.set_ylabel(f"{y.key} ({y.goal})")
+    estimated = exp.estimated_keys()
+    ax.set_xlabel(f"{x.key} ({x.goal}{', estimated' if x.key in estimated else ''})")
+    ax.set_ylabel(f"{y.key} ({y.goal}{', estimated' if y.key in estimated else ''})")
     ax.set_title(f"{exp.cfg.name}: {len(cands)} candidates, {len(front)} on the front")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
@@ -149,16 +153,19 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     run_dir, cfg = exp.run_dir, exp.cfg
     describe = exp.space_backend.describe
     cands = exp.store.candidates()
-    write_csv(run_dir / "candidates.csv", _rows(cands, exp.metrics, describe))
-    front_rows = _rows(front, exp.metrics, describe)
+    estimated = exp.estimated_keys()
+    write_csv(run_dir / "candidates.csv", _rows(cands, exp.metrics, describe, estimated))
+    front_rows = _rows(front, exp.metrics, describe, estimated)
     write_csv(run_dir / "front.csv", front_rows)
     history = hypervolume_history(exp)
     hv_vs_true = hypervolume_vs_exhaustive(exp, front)
     plot_pareto(run_dir / "pareto.png", exp, front)
     plot_hv(run_dir / "hv.png", history)
 
-    objectives = ", ".join(f"{m.key} ({m.goal}, {m.source})" for m in exp.metrics if m.goal)
-    budgets = ", ".join(b.text for b in cfg.budgets) or "none"
+    objectives = ", ".join(f"{m.key} ({m.goal}, {'estimated' if m.key in estimated else m.source})"
+                           for m in exp.metrics if m.goal)
+    budgets = ", ".join(b.text + (" (estimated)" if canonical_key(cfg, b.metric) in estimated else "")
+                        for b in cfg.budgets) or "none"
     space = (f"supernet `{cfg.space.supernet}` (checkpoint `{cfg.space.checkpoint}`)" if cfg.space.supernet
              else f"tabular `{cfg.space.tabular_space}` (`{cfg.space.table}`)")
     lines = [
@@ -176,7 +183,12 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         f"generations {cfg.strategy.generations}, seed {cfg.strategy.seed}; executor {cfg.executor.kind}",
         f"- evaluated: {len(cands)} distinct candidates in {wall_time_s:.1f} s; "
         f"{len(front)} on the front (feasible and non-dominated"
-        + (", every value measured)" if cfg.measure_front else ")"),
+        + ((", every value measured" + (" except the estimates" if estimated else "") + ")")
+           if cfg.measure_front else ")"),
+    ]
+    if estimated:
+        lines.append(f"- estimated: {', '.join(estimated)} are {ESTIMATE_NOTE}")
+    lines += [
         "",
         "## Pareto front",
         "",
@@ -185,7 +197,8 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     lines.append("| id | arch | " + " | ".join(keys) + " |")
     lines.append("|---|---|" + "---|" * len(keys))
     for r in front_rows:
-        vals = [f"{_fmt(r[k])}{'' if r[k + '_source'] == 'measured' else ' (pred.)'}" for k in keys]
+        marks = {"measured": "", "estimated": " (est.)"}
+        vals = [f"{_fmt(r[k])}{marks.get(r[k + '_source'], ' (pred.)')}" for k in keys]
         arch = r["arch"].replace("|", "\\|")  # a table cell cannot hold a bare pipe
         lines.append(f"| {r['id']} | `{arch}` | " + " | ".join(vals) + " |")
     lines += ["", "![Pareto front](pareto.png)", "", "## Hypervolume per generation", "",

@@ -294,7 +294,8 @@ class FbnetSpace(TabularSpace):
                 m = re.fullmatch(r"k(\d)_e(\d)(?:_g(\d))?", op)
                 k, e, g = int(m[1]), int(m[2]), int(m[3] or 1)
                 hidden = cin * e
-                work[b, j] = (_conv_work(cin, hidden, 1, h, h, groups=g) + _conv_work(hidden, hidden, k, h, ho, groups=hidden)
+                work[b, j] = (_conv_work(cin, hidden, 1, h, h, groups=g)  # expand, depthwise, project
+                              + _conv_work(hidden, hidden, k, h, ho, groups=hidden)
                               + _conv_work(hidden, cout, 1, ho, ho, groups=g))
         self.block_work = work  # (22, 9, 3)
         self.block_macs = work[:, :, 0]

@@ -211,7 +211,96 @@ def test_add_then_predict_nb201_matches_the_fewshot_predictor(tmp_path, capsys):
     direct = load_pretrained("nb201").adapt(shipped.values["latency_ms"], shipped.genomes).predict(genomes)
     np.testing.assert_allclose(predicted, direct, rtol=1e-5)
     model = cost_model("mycpu", "nb201")
-    assert model.labels == {"latency_ms": "fitted"}
+    assert model.labels == {"latency_ms": "fitted", "energy_mJ": "estimated", "power_W": "estimated"}
+
+
+def every_nb201_cell():
+    return np.array(np.unravel_index(np.arange(5**6), (5,) * 6)).T
+
+
+@fewshot_artifact("nb201")
+def test_tabular_energy_and_power_are_estimated_without_energy_samples(tmp_path, capsys):
+    """Horowitz figures on the space's work counts, at the profile's batch size and precision."""
+    dspace = device_space("nb201")
+    G = every_nb201_cell()
+    c = dspace.tspace.counts(G)  # = energy.count_model on the built networks (tests/test_tabular.py)
+    model = cost_model("pixel3", "nb201")  # shipped: latency samples only, batch 1, fp32
+    assert model.labels == {"latency_ms": "fitted", "energy_mJ": "estimated", "power_W": "estimated"}
+    out = model.predict(G)
+    np.testing.assert_allclose(out["energy_mJ"], (c[:, 0] * 4.6 + (c[:, 1] + c[:, 2]) * 4 * 160) * 1e-9)
+    # Power divides by the predicted latency, floored at the fastest sample: never negative or infinite.
+    floor = model.samples.values["latency_ms"].min()
+    np.testing.assert_allclose(out["power_W"], out["energy_mJ"] / np.maximum(out["latency_ms"], floor))
+    assert np.isfinite(out["power_W"]).all() and (out["power_W"] > 0).all()
+    e = model.predict(np.stack([np.zeros(6, int), np.full(6, 3)]))["energy_mJ"]
+    assert e[1] > 5 * e[0]  # all 3x3 convs against no op at all
+    # A batch reads the weights once; int8 moves a byte per value.
+    path = write_csv(tmp_path / "s.csv", ["arch", "latency_ms"], reference_rows("nb201"))
+    registry.add_device("npu", "nb201", path, batch_size=8, precision="int8")
+    e8 = cost_model("npu", "nb201").predict(G[:50])["energy_mJ"]
+    np.testing.assert_allclose(e8, (8 * c[:50, 0] * 0.23 + (c[:50, 1] + 8 * c[:50, 2]) * 160) * 1e-9)
+    # `hwnas devices predict` marks the estimated columns.
+    archs = write_csv(tmp_path / "a.csv", ["arch"], [[dspace.format_arch(g)] for g in G[:20]])
+    assert main(["devices", "predict", "pixel3", "--space", "nb201", "--archs", str(archs),
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    assert "(energy_mJ, power_W estimated analytically, not measured)" in capsys.readouterr().out
+    with open(tmp_path / "p.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["arch", "latency_ms", "energy_mJ", "power_W", "estimated"]
+    assert all(r["estimated"] == "energy_mJ;power_W" for r in rows)
+    np.testing.assert_allclose([float(r["energy_mJ"]) for r in rows], out["energy_mJ"][:20], rtol=1e-5)
+
+
+@fewshot_artifact("fbnet")
+def test_tabular_measured_energy_or_power_replace_the_estimate(tmp_path):
+    rows = reference_rows("fbnet")
+    G = device_space("fbnet").space.sample(np.random.default_rng(0), 100)
+    path = write_csv(tmp_path / "e.csv", ["arch", "latency_ms", "energy_mJ"],
+                     [r + [f"{0.5 * float(r[1]) + 0.1 * i:.3f}"] for i, r in enumerate(rows)])
+    registry.add_device("metered", "fbnet", path)
+    model = cost_model("metered", "fbnet")
+    assert model.labels == {"latency_ms": "fitted", "energy_mJ": "fitted", "power_W": "derived"}
+    out = model.predict(G)
+    np.testing.assert_allclose(out["power_W"], out["energy_mJ"] / np.maximum(out["latency_ms"], model.latency_floor))
+    path = write_csv(tmp_path / "p.csv", ["arch", "latency_ms", "power_W"],
+                     [r + [f"{3.0 + 0.2 * i:.3f}"] for i, r in enumerate(rows)])
+    registry.add_device("powered", "fbnet", path)
+    model = cost_model("powered", "fbnet")
+    assert model.labels == {"latency_ms": "fitted", "energy_mJ": "derived", "power_W": "fitted"}
+    out = model.predict(G)
+    assert list(out) == ["latency_ms", "energy_mJ", "power_W"]
+    np.testing.assert_allclose(out["energy_mJ"], out["power_W"] * np.maximum(out["latency_ms"], model.latency_floor))
+
+
+@requires(BENCH / "nb201.csv.gz")
+@fewshot_artifact("nb201")
+def test_nb201_run_with_estimated_energy_objective_and_power_budget(tmp_path, capsys):
+    """pixel3 has no energy samples: energy and power come from the estimate, the report says so."""
+    import yaml
+
+    cfg = {"name": "nb201-energy", "space": {"table": str(BENCH / "nb201.csv.gz"), "tabular_space": "nb201"},
+           "data": "cifar10", "devices": [{"name": "pixel3", "backend": "table"}],
+           "objectives": {"accuracy": "max", "energy_mJ": {"goal": "min", "source": "predicted"}},
+           "budgets": ["latency_ms <= 10", "power_W <= 0.2"],
+           "strategy": {"population": 6, "generations": 2, "seed": 0}}
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    assert "energy_mJ (estimated)" in capsys.readouterr().out
+    with open(out / "front.csv") as f:
+        front = list(csv.DictReader(f))
+    assert front
+    for r in front:  # latency measured (the table), energy and power estimated; budgets hold
+        assert (r["latency_ms_source"], r["energy_mJ_source"], r["power_W_source"]) == \
+            ("measured", "estimated", "estimated")
+        assert float(r["latency_ms"]) <= 10 and float(r["power_W"]) <= 0.2
+    dspace = device_space("nb201")
+    expected = cost_model("pixel3", "nb201").predict(np.stack([dspace.parse_arch(r["arch"]) for r in front]))
+    np.testing.assert_allclose([float(r["energy_mJ"]) for r in front], expected["energy_mJ"])
+    report = (out / "report.md").read_text()
+    assert "energy_mJ (min, estimated)" in report and "power_W <= 0.2 (estimated)" in report
+    assert "(est.)" in report and "energy_mJ, power_W are analytical estimates" in report
 
 
 # --------------------------------------------------------------------------- supernet lookup tables

@@ -1,18 +1,24 @@
-"""Tabular benchmark spaces: parsing round-trips, lookup, features, MACs and input errors."""
+"""Tabular benchmark spaces: parsing round-trips, lookup, features, MACs, work counts and input errors."""
 
 from __future__ import annotations
 
 import gzip
+import re
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from hwnas.devices.energy import Counts, count_model
 from hwnas.errors import HwnasError
 from hwnas.tabular import (
+    NB201_OPS,
     FbnetSpace,
     Nb201Space,
     OfaSpace,
     TabularBenchmark,
+    _fbnet_layout,
     default_data_dir,
 )
 
@@ -116,3 +122,120 @@ def test_all_rows_round_trip_and_lookup():
     assert ofa.tspace.resolutions == tuple(range(128, 225, 4))
     random_ofa = ofa.space.sample(np.random.default_rng(0), 5)
     assert np.isnan(ofa.lookup(random_ofa, ofa.devices[0])).all()  # not among the 5000 samples
+
+
+# --------------------------------------------------------------------------- work counts (energy estimate)
+def _relu_conv_bn(cin, cout, k, stride=1):
+    return nn.Sequential(nn.ReLU(), nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout))
+
+
+class _Nb201Cell(nn.Module):
+    """NAS-Bench-201's cell from its string: node j = sum over i < j of op_ij(node i)."""
+
+    def __init__(self, arch: str, c: int):
+        super().__init__()
+        make = {"none": lambda: _Zero(), "skip_connect": nn.Identity, "nor_conv_1x1": lambda: _relu_conv_bn(c, c, 1),
+                "nor_conv_3x3": lambda: _relu_conv_bn(c, c, 3),
+                "avg_pool_3x3": lambda: nn.AvgPool2d(3, 1, 1, count_include_pad=False)}
+        nodes = [[t.split("~") for t in node.split("|")] for node in arch.strip("|").split("|+|")]
+        self.ops = nn.ModuleList(nn.ModuleList(make[op]() for op, _ in node) for node in nodes)
+        self.sources = [[int(src) for _, src in node] for node in nodes]
+
+    def forward(self, x):
+        nodes = [x]
+        for ops, sources in zip(self.ops, self.sources):
+            nodes.append(sum(op(nodes[s]) for op, s in zip(ops, sources)))
+        return nodes[-1]
+
+
+class _Zero(nn.Module):
+    def forward(self, x):
+        return x * 0.0
+
+
+class _Nb201Reduction(nn.Module):
+    """NB201's ResNet basic block between stages: 3x3 s2, 3x3, and a 2x2 avg-pool + 1x1 shortcut."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.a, self.b = _relu_conv_bn(cin, cout, 3, 2), _relu_conv_bn(cout, cout, 3)
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(cin, cout, 1, bias=False))
+
+    def forward(self, x):
+        return self.b(self.a(x)) + self.shortcut(x)
+
+
+def nb201_network(arch: str) -> nn.Module:
+    layers = [nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)]
+    for i, c in enumerate((16, 32, 64)):
+        if i:
+            layers.append(_Nb201Reduction(c // 2, c))
+        layers += [_Nb201Cell(arch, c) for _ in range(5)]
+    return nn.Sequential(*layers, nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10))
+
+
+def fbnet_network(arch: str) -> nn.Module:
+    """The FBNet macro as hwnas.tabular models it (module docstring)."""
+    layers = [nn.Conv2d(3, 16, 3, padding=1, bias=False)]
+    for op, (cin, cout, s, _) in zip(arch.split("-"), _fbnet_layout()):
+        if op == "skip":
+            if cin != cout or s != 1:
+                layers.append(nn.Conv2d(cin, cout, 1, s, bias=False))
+            continue
+        k, e, g = (int(v or 1) for v in re.fullmatch(r"k(\d)_e(\d)(?:_g(\d))?", op).groups())
+        hidden = cin * e
+        layers += [nn.Conv2d(cin, hidden, 1, groups=g, bias=False),
+                   nn.Conv2d(hidden, hidden, k, s, k // 2, groups=hidden, bias=False),
+                   nn.Conv2d(hidden, cout, 1, groups=g, bias=False)]
+    return nn.Sequential(*layers, nn.Conv2d(352, 1504, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(1504, 100))
+
+
+def _as_array(c: Counts) -> np.ndarray:
+    return np.array([c.macs, c.weight_values, c.activation_values])
+
+
+def test_nb201_counts_equal_count_model_on_the_built_network(one_torch_thread):
+    space = Nb201Space()
+    genomes = [np.full(6, k) for k in range(len(NB201_OPS))] + list(space.space.sample(np.random.default_rng(0), 6))
+    for g in genomes:
+        arch = space.genome_to_arch(g)
+        counted = count_model(nb201_network(arch), (3, 32, 32))
+        np.testing.assert_allclose(space.counts(g)[0], _as_array(counted), rtol=1e-12, err_msg=arch)
+    # A batch reads the weights once: Counts.batch scales the rest.
+    g = genomes[-1]
+    counted = count_model(nb201_network(space.genome_to_arch(g)), (3, 32, 32), batch_size=3)
+    np.testing.assert_allclose(_as_array(Counts(*space.counts(g)[0]).batch(3)), _as_array(counted), rtol=1e-12)
+    # The MAC count differs only by pooling: none of it in the all-none cell but the two 2x2 shortcut pools.
+    none = np.zeros((1, 6), int)
+    assert space.macs(none)[0] - space.counts(none)[0, 0] == 16 * 16 * 16 * 4 + 8 * 8 * 32 * 4
+    with pytest.raises(HwnasError, match="out of bounds"):
+        space.counts([[0, 0, 0, 0, 0, 5]])
+
+
+def test_fbnet_counts_equal_count_model_and_macs(one_torch_thread):
+    space = FbnetSpace()
+    genomes = [np.full(22, j) for j in (0, 1, 7, 8)] + list(space.space.sample(np.random.default_rng(1), 3))
+    for g in genomes:
+        arch = space.genome_to_arch(g)
+        counted = count_model(fbnet_network(arch), (3, 32, 32))
+        np.testing.assert_allclose(space.counts(g)[0], _as_array(counted), rtol=1e-12, err_msg=arch)
+    G = space.space.sample(np.random.default_rng(2), 200)
+    np.testing.assert_array_equal(space.counts(G)[:, 0], space.macs(G))
+
+
+def test_ofa_counts_equal_count_model_on_the_extracted_subnetwork(one_torch_thread):
+    from hwnas import supernets
+    from hwnas.supernets import config_from_arch_key
+
+    net = supernets.create("ofa_mbv3_w1")
+    space = OfaSpace()
+    genomes = [space.space.smallest(), space.space.largest()] + list(space.space.sample(np.random.default_rng(0), 3))
+    for g in genomes:
+        config = config_from_arch_key(space.genome_to_arch(g))
+        counted = count_model(net.extract(config), (3, config["r"], config["r"]))
+        np.testing.assert_allclose(space.counts(g)[0], _as_array(counted), rtol=1e-12, err_msg=str(config))
+    # Only the squeeze-excite rounding separates them from the MAC count (on 1x1 maps: tiny).
+    G = np.stack(genomes)
+    np.testing.assert_allclose(space.counts(G)[:, 0], space.macs(G), rtol=1e-3)
