@@ -5,15 +5,21 @@ input resize), each active block slot with its kernel and expand ratio at ``r``,
 head (last conv, pooling, classifier) at ``r``. The block input sizes follow from the
 resolution and the slot's stage, never from the other choices.
 
-How parts are timed depends on the backend. Where it can time segments of a running model
-(torch backends, :class:`hwnas.devices.backends.SegmentTimer`), every part is timed *in
-context*: a few covering sub-networks at full depth, each running every slot with another
-(kernel, expand) choice (a Latin square, so every choice of every slot at every resolution
-runs in ``CONTEXT_ROUNDS`` different neighbourhoods), and an entry is the statistic over its
-contexts. In-context parts add up to the whole network, so the table needs no calibration.
-Otherwise (onnxruntime) each part is a module timed alone, and the summed table is
-calibrated on the reference sub-networks (:class:`hwnas.devices.predictors.SupernetCostModel`),
-which absorbs the per-call overheads timing parts separately adds or hides.
+How parts are timed (the table file's ``method``):
+
+* ``in-context`` (the default on torch backends, :class:`hwnas.devices.backends.SegmentTimer`):
+  every part is timed inside a running network - a few covering sub-networks at full depth,
+  each running every slot with another (kernel, expand) choice (a Latin square, so every
+  choice of every slot at every resolution runs in ``CONTEXT_ROUNDS`` neighbourhoods); an
+  entry is the statistic over its contexts. These parts add up to the whole network.
+* ``alone`` (other backends, or on request): each part is a module timed by itself, which
+  leaves out the cache and allocator state of a real run.
+
+Either table is then calibrated on whole sub-networks measured with it
+(:class:`hwnas.devices.predictors.SupernetCostModel`): one coefficient per stage (and one for
+stem + head) plus a constant, fitted non-negatively, which absorbs what a per-part table cannot
+see - e.g. the first, largest block of a full-depth network runs up to 3x slower than in a
+shallower one (benchmarks/devices_lut.py compares the two timings).
 
 Entry keys: ``stem@<r>``, ``head@<r>``, ``block<slot>_k<kernel>_e<expand>@<r>``.
 """
@@ -37,9 +43,11 @@ from .spaces import SupernetDeviceSpace
 LUT_FORMAT = 1
 CONTEXT_ROUNDS = 2  # neighbourhoods each table entry is timed in (in-context tables)
 IN_CONTEXT, ALONE = "in-context", "alone"  # how the entries were timed (the file's "method")
+TIMING_METHODS = (ALONE, IN_CONTEXT)
 
 
-def timing_method(backend) -> str:
+def default_timing(backend) -> str:
+    """In context where the backend can time inside a model (it predicts better here), else alone."""
     return IN_CONTEXT if getattr(backend, "times_segments", False) else ALONE
 
 
@@ -118,12 +126,23 @@ def active_parts(dspace: SupernetDeviceSpace, genome: Sequence[int]) -> List[str
 
 
 def sum_parts(dspace: SupernetDeviceSpace, table: Dict[str, float], genomes) -> np.ndarray:
+    return stage_sums(dspace, table, genomes).sum(axis=1)
+
+
+def stage_sums(dspace: SupernetDeviceSpace, table: Dict[str, float], genomes) -> np.ndarray:
+    """Per sub-network: the table summed over stem + head, then over each stage's blocks (columns)."""
     G = np.atleast_2d(np.asarray(genomes, dtype=np.int64))
+    net = dspace.supernet
+    out = np.zeros((len(G), 1 + net.num_stages))
     try:
-        return np.array([sum(table[k] for k in active_parts(dspace, g)) for g in G], dtype=float)
+        for row, g in zip(out, G):
+            for key in active_parts(dspace, g):
+                column = 0 if key.startswith(("stem", "head")) else 1 + int(key[5:key.index("_")]) // net.max_depth
+                row[column] += table[key]
     except KeyError as err:
         raise HwnasError(f"lookup table of {dspace.name} has no entry {err.args[0]} "
                          "(measured for another supernet? re-run 'hwnas devices measure')") from None
+    return out
 
 
 def _counts(make: Callable[[], nn.Module], shape: Tuple[int, ...]) -> Dict[str, float]:
@@ -153,15 +172,16 @@ def macs_table(counts: Dict[str, Dict[str, float]]) -> Dict[str, float]:
 
 def measure_table(dspace: SupernetDeviceSpace, backend, progress: Optional[Callable[[int, int], None]] = None,
                   method: Optional[str] = None) -> Dict[str, Dict[str, float]]:
-    """Time every table entry on ``backend``: ``{key: {"latency_ms", "iqr_ms", counts}}``.
-
-    ``method``: in context when the backend can time segments, else each part alone
-    (module docstring); ``ALONE`` forces the latter (benchmarks compare the two).
-    """
+    """Time every table entry on ``backend``: ``{key: {"latency_ms", "iqr_ms", counts}}`` (module docstring)."""
+    method = method or default_timing(backend)
+    if method not in TIMING_METHODS:
+        raise HwnasError(f"unknown table timing {method!r}; allowed: {', '.join(TIMING_METHODS)}")
+    if method == IN_CONTEXT and not getattr(backend, "times_segments", False):
+        raise HwnasError(f"table timing {IN_CONTEXT!r} needs a backend that times inside a model (torch-cpu)")
     parts = lut_parts(dspace)
     if progress:
         progress(0, len(parts))
-    if (method or timing_method(backend)) == IN_CONTEXT:
+    if method == IN_CONTEXT:
         timed = _time_in_context(dspace, backend)
     else:
         measured = backend.measure_many([(make(), shape) for _, make, shape in parts])

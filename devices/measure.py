@@ -13,7 +13,7 @@ import os
 import platform
 import socket
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from .spaces import SupernetDeviceSpace, device_space
 DEFAULT_SETTINGS = {"batch_size": 32, "threads": 1}
 # 15 to 45 timings each (the stopping rule ends early when the timings are steady).
 DEFAULT_TIMING = {"repeats": 15, "max_repeats": 45}
+# Whole sub-networks timed to calibrate the table: the 10 references and 30 seeded random ones
+# (a whole network costs about as much as 30 table entries; 40 keep a per-stage fit steady).
+N_CALIBRATION = 40
+CALIBRATION_SEED = 20261123
 KIND_OF_BACKEND = {"torch-cpu": "cpu", "onnxruntime-cpu": "cpu", "torch-cuda": "gpu"}
 
 
@@ -39,9 +43,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_job(space: str, backend: str, settings: dict, progress: Optional[Callable[[str], None]] = None) -> dict:
-    """Measure table and reference samples of ``space`` here; returns plain data (Ray-safe)."""
-    from .lut import measure_table, timing_method
+def calibration_archs(dspace: SupernetDeviceSpace, n: int = N_CALIBRATION) -> List[str]:
+    """The 10 reference sub-networks, then ``n - 10`` more seeded random ones (the same for a space)."""
+    archs = dspace.reference_archs()
+    rng, seen = np.random.default_rng(CALIBRATION_SEED), set(archs)
+    while len(archs) < n:
+        arch = dspace.format_arch(dspace.space.sample(rng)[0])
+        if arch not in seen:
+            seen.add(arch)
+            archs.append(arch)
+    return archs
+
+
+def measure_job(space: str, backend: str, settings: dict, progress: Optional[Callable[[str], None]] = None,
+                table_timing: Optional[str] = None) -> dict:
+    """Measure table and calibration samples of ``space`` here; returns plain data (Ray-safe)."""
+    from .lut import default_timing, measure_table
 
     dspace = device_space(space)
     if not isinstance(dspace, SupernetDeviceSpace):
@@ -49,16 +66,17 @@ def measure_job(space: str, backend: str, settings: dict, progress: Optional[Cal
                          f"time the architectures of 'hwnas devices refs --space {space}' with your own tooling "
                          "and use 'hwnas devices add'")
     runner = create_backend(backend, **settings)
+    table_timing = table_timing or default_timing(runner)
     report = (lambda done, total: progress(f"lookup table {done}/{total}")) if progress else None
-    entries = measure_table(dspace, runner, report)
-    archs = dspace.reference_archs()
+    entries = measure_table(dspace, runner, report, method=table_timing)
+    archs = calibration_archs(dspace)
     models = [dspace.supernet.extract(dspace.space.decode(dspace.parse_arch(a))) for a in archs]
     if progress:
-        progress(f"{len(archs)} reference sub-networks")
+        progress(f"{len(archs)} whole sub-networks (calibration)")
     measured = runner.measure_many([(m, dspace.input_shape) for m in models])
     rows = [{"arch": a, **{k: v for k, v in m.as_dict().items() if v is not None}} for a, m in zip(archs, measured)]
-    return {"entries": entries, "method": timing_method(runner), "samples": rows, "host": socket.gethostname(), "node": _ray_node_id(),
-            "hardware": cpu_name() if KIND_OF_BACKEND.get(backend) == "cpu" else ""}
+    return {"entries": entries, "method": table_timing, "samples": rows, "host": socket.gethostname(),
+            "node": _ray_node_id(), "hardware": cpu_name() if KIND_OF_BACKEND.get(backend) == "cpu" else ""}
 
 
 def _ray_node_id() -> Optional[str]:
@@ -91,7 +109,8 @@ def _run_on_ray(resource: str, *args) -> dict:
 def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size: Optional[int] = None,
                    threads: Optional[int] = None, home: Optional[os.PathLike] = None,
                    hardware: Optional[str] = None, ray_resource: Optional[str] = None,
-                   progress: Optional[Callable[[str], None]] = None, **timing) -> Dict:
+                   progress: Optional[Callable[[str], None]] = None, table_timing: Optional[str] = None,
+                   **timing) -> Dict:
     """Measure ``space`` on ``backend`` for device ``name`` and store table + samples in its profile.
 
     Settings not given come from the existing profile, else batch 32, 1 thread; ``timing``
@@ -111,8 +130,8 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
     settings.update({k: v for k, v in dict(batch_size=batch_size, threads=threads).items() if v is not None})
     runner_settings = {**settings, **DEFAULT_TIMING, **timing}
     resource = ray_resource or fields.get("ray_resource")
-    args = (dspace.name, backend, runner_settings)
-    result = _run_on_ray(resource, *args) if resource else measure_job(*args, progress=progress)
+    args = (dspace.name, backend, runner_settings, None, table_timing)
+    result = _run_on_ray(resource, *args) if resource else measure_job(*args[:3], progress, table_timing)
 
     from .lut import lut_document
 

@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import Dict, List, Optional, Union
 
 import numpy as np
+from scipy.optimize import nnls
 from scipy.stats import spearmanr, theilslopes
 
 from hwnas.errors import HwnasError
@@ -129,6 +130,10 @@ class TabularCostModel(CostModel):
 
 
 # --------------------------------------------------------------------------- supernet
+# A coefficient per stage needs several samples each; below that, one scale and offset.
+STAGE_FIT_SAMPLES_PER_COEF = 5
+
+
 def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple:
     """y ~ a x + b, robustly (Theil-Sen: median of pairwise slopes), since a few of a handful of
     timings on a shared machine can be far off; a proportional fit if the slope is not positive."""
@@ -140,18 +145,17 @@ def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple:
 
 
 class SupernetCostModel(CostModel):
-    """Summed lookup table (or MAC counts): in-context tables as they are, others calibrated on samples."""
+    """A summed lookup table (or MAC counts) calibrated on whole sub-networks of the device."""
 
     def __init__(self, profile: DeviceProfile, dspace: SupernetDeviceSpace, samples: Optional[Samples]):
-        from .lut import IN_CONTEXT, count_table, energy_table, macs_table, read_lut
+        from .lut import count_table, energy_table, macs_table, read_lut
 
         super().__init__(profile, dspace, samples)
         lut_file = profile.file("lut", dspace.name, "json")
-        timing = None
         if lut_file.is_file():
             counts, timing = read_lut(lut_file, dspace)
             self.table = {key: entry["latency_ms"] for key, entry in counts.items()}
-            self.method = f"per-block lookup table (timed {timing})"
+            self.method = f"per-block lookup table (parts timed {timing})"
         elif samples is not None:
             counts = count_table(dspace.name)
             self.table, self.method = macs_table(counts), "MAC count (no lookup table measured)"
@@ -159,18 +163,28 @@ class SupernetCostModel(CostModel):
             raise HwnasError(f"device {profile.name!r} has neither samples nor a lookup table for {dspace.name}; "
                              f"run 'hwnas devices measure {profile.name} --space {dspace.name} --backend torch-cpu'")
         self.energy = energy_table(counts, profile.spec.batch_size, profile.spec.precision)
+        self.latency_coef = None  # per-stage coefficients (stem+head, stages..., constant), else a * sum + b
         self.latency_fit = (1.0, 0.0)
         self.energy_fit = (1.0, 0.0)
-        # Parts timed in context add up to the whole network; fitting them to ten noisy
-        # whole-network timings would only add that noise (benchmarks/devices_lut.py).
-        if samples is not None and timing != IN_CONTEXT:
-            self.method += f", calibrated on {len(samples)} whole sub-networks"
-            self.latency_fit = _linear_fit(self._sum(self.table, samples.genomes), samples.values["latency_ms"])
-        if samples is not None and "energy_mJ" in samples.values:
-            self.energy_fit = _linear_fit(self._sum(self.energy, samples.genomes), samples.values["energy_mJ"])
+        if samples is not None:
+            X = self._stages(self.table, samples.genomes)
+            if len(samples) >= STAGE_FIT_SAMPLES_PER_COEF * X.shape[1]:
+                self.method += f", calibrated per stage on {len(samples)} whole sub-networks"
+                self.latency_coef = nnls(X, samples.values["latency_ms"])[0]
+            else:
+                self.method += f", calibrated on {len(samples)} whole sub-networks"
+                self.latency_fit = _linear_fit(X[:, :-1].sum(1), samples.values["latency_ms"])
+            if "energy_mJ" in samples.values:
+                self.energy_fit = _linear_fit(self._sum(self.energy, samples.genomes), samples.values["energy_mJ"])
         measured_energy = samples is not None and "energy_mJ" in samples.values
         self.labels = {"latency_ms": FITTED, "energy_mJ": FITTED if measured_energy else ESTIMATED,
                        "power_W": DERIVED if measured_energy else ESTIMATED}
+
+    def _stages(self, table, genomes) -> np.ndarray:
+        from .lut import stage_sums
+
+        sums = stage_sums(self.dspace, table, genomes)
+        return np.hstack([sums, np.ones((len(sums), 1))])
 
     def _sum(self, table, genomes) -> np.ndarray:
         from .lut import sum_parts
@@ -181,8 +195,11 @@ class SupernetCostModel(CostModel):
         return SupernetCostModel(self.profile, self.dspace, samples)
 
     def predict(self, genomes) -> Dict[str, np.ndarray]:
-        a, b = self.latency_fit
-        latency = a * self._sum(self.table, genomes) + b
+        if self.latency_coef is not None:
+            latency = self._stages(self.table, genomes) @ self.latency_coef
+        else:
+            a, b = self.latency_fit
+            latency = a * self._sum(self.table, genomes) + b
         a, b = self.energy_fit
         energy = a * self._sum(self.energy, genomes) + b
         return {"latency_ms": latency, "energy_mJ": energy, "power_W": energy / latency}

@@ -152,7 +152,7 @@ def cmd_measure(args) -> int:
 
     result = measure_device(args.name, args.space, args.backend, batch_size=args.batch_size, threads=args.threads,
                             home=args.home, hardware=args.hardware, ray_resource=args.ray_resource,
-                            progress=None if args.quiet else progress,
+                            progress=None if args.quiet else progress, table_timing=args.table_timing,
                             **{k: v for k, v in (("clock", args.clock), ("statistic", args.statistic)) if v})
     if not args.quiet:
         print(file=sys.stderr)
@@ -216,6 +216,8 @@ def register(subparsers) -> None:
                    help="wall (default) or cpu: the timing thread's CPU time, steadier on a shared machine (1 thread)")
     q.add_argument("--statistic", choices=["min", "median"],
                    help="latency = min (default: reproduces on a shared or virtual machine) or median of the runs")
+    q.add_argument("--table-timing", choices=["in-context", "alone"],
+                   help="time the table's parts inside running networks (default on torch-cpu) or each alone")
     q.add_argument("--hardware")
     q.add_argument("--ray-resource", help="run on the Ray node holding this custom resource, e.g. device:NAME")
     q.add_argument("--quiet", action="store_true")

@@ -323,19 +323,25 @@ def test_lookup_table_parts_compose_to_the_subnetwork(tiny_space):
 def test_measure_builds_table_and_calibrated_model(measured_home, tiny_space, tmp_path, capsys):
     root, result = measured_home
     profile = result["profile"]
-    assert result["entries"] == len(lut_parts(device_space(tiny_space))) and result["samples"] == 10
+    from hwnas.devices.lut import stage_sums, sum_parts
+    from hwnas.devices.measure import N_CALIBRATION
+
+    dspace = device_space(tiny_space)
+    assert result["entries"] == len(lut_parts(dspace)) and result["samples"] == N_CALIBRATION
     assert profile.spec.backend == "torch-cpu" and profile.spec.batch_size == 2 and profile.spec.kind == "cpu"
     assert profile.file("lut", tiny_space, "json").is_file()
+    samples = profile.samples(tiny_space)
+    assert samples.archs[:10] == dspace.reference_archs() and len(set(samples.archs)) == N_CALIBRATION
     model = cost_model("tinycpu", tiny_space, root)
-    assert model.method.startswith("per-block lookup table")
+    assert model.method.startswith("per-block lookup table (parts timed in-context)") and "per stage" in model.method
     assert model.labels == {"latency_ms": "fitted", "energy_mJ": "estimated", "power_W": "estimated"}
-    dspace = device_space(tiny_space)
     genomes = dspace.space.sample(np.random.default_rng(1), 20)
     out = model.predict(genomes)
-    a, b = model.latency_fit
-    from hwnas.devices.lut import sum_parts
-
-    np.testing.assert_allclose(out["latency_ms"], a * sum_parts(dspace, model.table, genomes) + b)
+    # the per-stage calibration: stem+head, each stage's blocks, a constant; all non-negative
+    sums = stage_sums(dspace, model.table, genomes)
+    np.testing.assert_allclose(sums.sum(1), sum_parts(dspace, model.table, genomes))
+    assert (model.latency_coef >= 0).all() and len(model.latency_coef) == sums.shape[1] + 1
+    np.testing.assert_allclose(out["latency_ms"], sums @ model.latency_coef[:-1] + model.latency_coef[-1])
     assert (out["latency_ms"] > 0).all() and (out["energy_mJ"] > 0).all()
     np.testing.assert_allclose(out["power_W"], out["energy_mJ"] / out["latency_ms"])
     # the largest sub-network costs more energy than the smallest
