@@ -7,13 +7,14 @@ resolution and the slot's stage, never from the other choices.
 
 How parts are timed (the table file's ``method``):
 
-* ``in-context`` (the default on torch backends, :class:`hwnas.devices.backends.SegmentTimer`):
-  every part is timed inside a running network - a few covering sub-networks at full depth,
-  each running every slot with another (kernel, expand) choice (a Latin square, so every
-  choice of every slot at every resolution runs in ``CONTEXT_ROUNDS`` neighbourhoods); an
-  entry is the statistic over its contexts. These parts add up to the whole network.
-* ``alone`` (other backends, or on request): each part is a module timed by itself, which
-  leaves out the cache and allocator state of a real run.
+* ``alone`` (the default): each part is a module timed by itself, which leaves out the cache
+  and allocator state of a real run.
+* ``in-context`` (torch backends, :class:`hwnas.devices.backends.SegmentTimer`): every part is
+  timed inside a running network - a few covering sub-networks at full depth, each running
+  every slot with another (kernel, expand) choice (a Latin square, so every choice of every
+  slot at every resolution runs in ``CONTEXT_ROUNDS`` neighbourhoods); an entry is the
+  statistic over its contexts. These parts add up to the whole network, but they carry the
+  full-depth network's state into every sub-network.
 
 Either table is then calibrated on whole sub-networks measured with it
 (:class:`hwnas.devices.predictors.SupernetCostModel`): one coefficient per stage (and one for
@@ -47,8 +48,8 @@ TIMING_METHODS = (ALONE, IN_CONTEXT)
 
 
 def default_timing(backend) -> str:
-    """In context where the backend can time inside a model (it predicts better here), else alone."""
-    return IN_CONTEXT if getattr(backend, "times_segments", False) else ALONE
+    """Alone: calibrated per stage, it predicted better than in context here (benchmarks/devices_lut.py)."""
+    return ALONE
 
 
 class _Stem(nn.Module):

@@ -333,7 +333,7 @@ def test_measure_builds_table_and_calibrated_model(measured_home, tiny_space, tm
     samples = profile.samples(tiny_space)
     assert samples.archs[:10] == dspace.reference_archs() and len(set(samples.archs)) == N_CALIBRATION
     model = cost_model("tinycpu", tiny_space, root)
-    assert model.method.startswith("per-block lookup table (parts timed in-context)") and "per stage" in model.method
+    assert model.method.startswith("per-block lookup table (parts timed alone)") and "per stage" in model.method
     assert model.labels == {"latency_ms": "fitted", "energy_mJ": "estimated", "power_W": "estimated"}
     genomes = dspace.space.sample(np.random.default_rng(1), 20)
     out = model.predict(genomes)
