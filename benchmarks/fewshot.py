@@ -9,6 +9,13 @@ each test device from the shots (HELP's 10 reference architectures; fewer shots 
 first references, more add random pool architectures of the test device, drawn per seed);
 the score is Spearman's rho on the test device's query set (the next 1000 arch_idx,
 trimmed the same way). Only the columns named on the command line are read.
+
+    python benchmarks/fewshot.py --throughput [--spaces nb201,fbnet,ofa_mbv3] [--n 100000]
+        [--repeats 5] [--threads 2] [--json OUT.json]
+
+measures predictions per second of the shipped predictors (``load_pretrained(space)``
+adapted on the 10 reference architectures of a device) on random genomes, in one batch of
+``n`` and in batches of 1000; best and median of ``repeats`` passes, with the load average.
 """
 
 from __future__ import annotations
@@ -28,13 +35,20 @@ from hwnas.predictors.cost import FlopsPredictor, LayerwisePredictor, NonMetaPre
 from hwnas.predictors.fewshot import FewShotPredictor, help_split
 from hwnas.tabular import TabularBenchmark
 
-# HELP's published NB201 figures (Lee et al. 2021), quoted for comparison only.
+# HELP's published figures (Lee et al., NeurIPS 2021; README of github.com/HayeonLee/HELP,
+# Tables 3 and 2 of the paper), quoted for comparison only: mean Spearman rho over HELP's
+# meta-TEST devices, none of which is in the hwnas-bench tables (so not the same devices).
 PUBLISHED = {
     "nb201": {
-        "HELP (10 shots, meta-valid mean)": 0.932,
-        "FLOPs": 0.787,
-        "BRP-NAS (900 samples)": 0.789,
-    }
+        "HELP, 10 shots (mean of titan_rtx_256, gold_6226, pixel2, raspi4, eyeriss, fpga)": 0.932,
+        "FLOPs (same 6 devices)": 0.787,
+        "BRP-NAS, 900 samples (same 6 devices)": 0.789,
+    },
+    "fbnet": {
+        "HELP, 10 shots (mean of raspi4, eyeriss, fpga)": 0.910,
+        "Meta-SGD (same 3 devices)": 0.806,
+        "MAML (same 3 devices)": 0.736,
+    },
 }
 BASELINES = {"flops": FlopsPredictor, "layerwise": LayerwisePredictor, "non_meta": NonMetaPredictor}
 
@@ -61,6 +75,63 @@ def throughput(predictor: FewShotPredictor, n: int = 200_000, repeats: int = 3) 
         predictor.predict(G)
         wall, cpu = min(wall, time.perf_counter() - t), min(cpu, time.process_time() - c)
     return {"wall_clock": n / wall, "per_cpu_second": n / cpu}
+
+
+def _adapted_pretrained(space: str, table: str | None):
+    """``load_pretrained(space)`` adapted on the 10 reference archs of a device of the table
+    (the first test-like device), or on their MACs when the table is absent."""
+    from hwnas.predictors.fewshot import load_pretrained
+
+    predictor = load_pretrained(space)
+    try:
+        bench = TabularBenchmark.load(space, table)
+        device = bench.devices[-1]
+        values = bench.values(device)[bench.rows_of_arch_idx(bench.reference_archs())]
+    except HwnasError:
+        device, values = "MACs of the reference archs", predictor.tspace.macs(predictor.reference_genomes_) / 1e6
+    return predictor.adapt(values), device
+
+
+def measure_throughput(predict, G: np.ndarray, batch: int, repeats: int) -> dict:
+    """Best and median predictions/s over ``repeats`` passes of ``predict`` over ``G`` in batches."""
+    import os
+
+    predict(G[: min(batch, 1000)])  # warm-up (lazy tables, allocator)
+    walls, cpus = [], []
+    load = os.getloadavg()[0]
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        for start in range(0, len(G), batch):
+            predict(G[start : start + batch])
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    n = len(G)
+    return {"batch": batch, "n": n, "repeats": repeats,
+            "best_per_s": n / min(walls), "median_per_s": n / float(np.median(walls)),
+            "per_cpu_second_best": n / min(cpus), "load_average_1min_before": load,
+            "load_average_1min_after": os.getloadavg()[0]}
+
+
+def run_throughput(args) -> dict:
+    """Wall-clock prediction throughput of the shipped few-shot predictors (adapted on 10 shots)."""
+    import torch
+
+    out = {"n": args.n, "repeats": args.repeats, "spaces": {}}
+    spaces = _device_list(args.spaces)
+    for threads in sorted({1, args.threads}):
+        torch.set_num_threads(threads)
+        for space in spaces:
+            table = args.table if args.space == space else None  # None: the shared data, if present
+            adapted, device = _adapted_pretrained(space, table)
+            G = adapted.tspace.space.sample(np.random.default_rng(0), args.n)
+            for batch in (args.n, 1000):
+                r = measure_throughput(adapted.predict, G, batch, args.repeats)
+                r.update(threads=threads, adapted_on=device)
+                out["spaces"].setdefault(space, []).append(r)
+                print(f"{space:<9} threads {threads} batch {batch:>7}: best {r['best_per_s']:>12,.0f}/s  "
+                      f"median {r['median_per_s']:>12,.0f}/s  ({r['per_cpu_second_best']:,.0f} per CPU-s; "
+                      f"load {r['load_average_1min_before']:.1f})", flush=True)
+    return out
 
 
 def run(args) -> dict:
@@ -152,20 +223,36 @@ def print_table(result: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--table", required=True, help="benchmark CSV (.csv or .csv.gz)")
-    parser.add_argument("--space", required=True, choices=["nb201", "fbnet", "ofa_mbv3"])
-    parser.add_argument("--meta-train-devices", required=True, help="comma-separated device names")
-    parser.add_argument("--test-devices", required=True, help="comma-separated device names")
+    parser.add_argument("--table", help="benchmark CSV (.csv or .csv.gz)")
+    parser.add_argument("--space", choices=["nb201", "fbnet", "ofa_mbv3"])
+    parser.add_argument("--meta-train-devices", help="comma-separated device names")
+    parser.add_argument("--test-devices", help="comma-separated device names")
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--epochs", type=int, default=None, help="meta-training epochs (default: per space)")
     parser.add_argument("--members", type=int, default=None, help="ensemble members per seed (default: per space)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    tp = parser.add_argument_group("throughput mode (no meta-training; the shipped predictors)")
+    tp.add_argument("--throughput", action="store_true",
+                    help="measure predictions/s of load_pretrained(space).adapt(10 shots).predict instead")
+    tp.add_argument("--spaces", default="nb201,fbnet,ofa_mbv3")
+    tp.add_argument("--n", type=int, default=100_000, help="genomes per pass")
+    tp.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.throughput:
+        result = run_throughput(args)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
+    missing = [f"--{k.replace('_', '-')}" for k in ("table", "space", "meta_train_devices", "test_devices")
+               if getattr(args, k) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # GP baseline convergence chatter

@@ -151,15 +151,17 @@ class Experiment:
 
     def _fitted_predictor(self, key: str):
         from hwnas.predictors import AccuracyPredictor
+        from hwnas.predictors.features import predictor_features
 
         samples = [c for c in self.store.candidates() if c.generation == 0 and key in c.measured]
         if len(samples) < 4:
             raise HwnasError(f"cannot predict {key}: only {len(samples)} measured samples "
                              f"(raise strategy.initial_samples or measure it)")
-        X = self.space.features(np.array([c.genome for c in samples]))
+        features = predictor_features(self.space)
+        X = features(np.array([c.genome for c in samples]))
         y = np.array([c.measured[key] for c in samples])
         model = AccuracyPredictor(random_state=self.cfg.strategy.seed).fit(X, y)
-        return lambda G: model.predict(self.space.features(G))
+        return lambda G: model.predict(features(G))
 
     def _effective(self, cand: Candidate) -> Dict[str, float]:
         return {m.key: cand.value(m.key) for m in self.metrics}

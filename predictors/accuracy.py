@@ -2,31 +2,84 @@
 
 :class:`AccuracyPredictor` picks, by cross-validation on the measured samples, among a
 few well-kept scikit-learn regressors and refits the winner on all samples. Models that
-give uncertainty (Gaussian process, random forest) answer ``predict(X, return_std=True)``.
+give uncertainty (Gaussian process, random forest, MLP, ensemble) answer
+``predict(X, return_std=True)``; every model's ``fit`` returns the model.
+
+All models run on one thread (``n_jobs=1``, and :class:`AccuracyPredictor` limits BLAS to
+one thread): the search runs them beside measuring jobs. Settings were chosen on NB201
+(seed 0) and checked on measured supernet sub-networks (benchmarks/accuracy_predictors.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Dict, Sequence
 
 import numpy as np
 from scipy.stats import kendalltau
-from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct, RBF, WhiteKernel
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import KFold
 from sklearn.neural_network import MLPRegressor
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.validation import check_is_fitted, check_X_y, check_array
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from threadpoolctl import ThreadpoolController
 
 from hwnas.registry import Registry
 
 ACCURACY_MODELS = Registry("accuracy model")
+_CONTROLLER: ThreadpoolController | None = None
+
+
+def limit_blas(n: int | None = 1):
+    """Context limiting BLAS to ``n`` threads (None: unchanged). The library scan is done once:
+    ``threadpool_limits`` rescans on every call (~10 ms), which dominated small predictions."""
+    global _CONTROLLER
+    if n is None:
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=n, user_api="blas")
+#: Members of the ``ensemble`` model (each also a model of its own).
+ENSEMBLE_MEMBERS = ("random_forest", "gradient_boosting", "mlp")
+
+
+class ForestWithStd(RandomForestRegressor):
+    """A random forest whose ``predict(X, return_std=True)`` also gives the spread across trees."""
+
+    def predict(self, X, return_std: bool = False):
+        if not return_std:
+            return super().predict(X)
+        check_is_fitted(self)
+        X = self._validate_X_predict(X)
+        per_tree = np.stack([t.predict(X) for t in self.estimators_])
+        return per_tree.mean(0), per_tree.std(0)
+
+
+class MeanEnsemble(RegressorMixin, BaseEstimator):
+    """Mean of member regressors; ``return_std`` gives the spread of the members' predictions."""
+
+    def __init__(self, members: Sequence = ()):
+        self.members = members
+
+    def fit(self, X, y):
+        self.members_ = [clone(m).fit(X, y) for m in self.members]
+        return self
+
+    def _all(self, X) -> np.ndarray:
+        check_is_fitted(self, "members_")
+        return np.stack([m.predict(X) for m in self.members_])
+
+    def predict(self, X, return_std: bool = False):
+        preds = self._all(X)
+        return (preds.mean(0), preds.std(0)) if return_std else preds.mean(0)
 
 
 @ACCURACY_MODELS.register("ridge")
@@ -36,26 +89,87 @@ def ridge(random_state: int = 0):
 
 @ACCURACY_MODELS.register("random_forest")
 def random_forest(random_state: int = 0):
-    return RandomForestRegressor(n_estimators=200, min_samples_leaf=2, random_state=random_state, n_jobs=1)
+    return ForestWithStd(n_estimators=300, min_samples_leaf=1, max_features=0.5, random_state=random_state,
+                         n_jobs=1)
 
 
 @ACCURACY_MODELS.register("gradient_boosting")
 def gradient_boosting(random_state: int = 0):
-    return GradientBoostingRegressor(n_estimators=200, max_depth=3, learning_rate=0.05, subsample=0.8,
+    return GradientBoostingRegressor(n_estimators=400, max_depth=4, learning_rate=0.03, subsample=0.8,
                                      random_state=random_state)
 
 
 @ACCURACY_MODELS.register("gaussian_process")
 def gaussian_process(random_state: int = 0):
-    kernel = ConstantKernel(1.0) * Matern(length_scale=1.0, nu=2.5) + WhiteKernel(1e-3)
-    return GaussianProcessRegressor(kernel=kernel, normalize_y=True, random_state=random_state,
-                                    n_restarts_optimizer=2)
+    # Standardised inputs, normalised targets; RBF for interactions, linear for the additive trend.
+    kernel = (ConstantKernel(1.0, (1e-2, 1e2)) * RBF(length_scale=5.0, length_scale_bounds=(0.5, 1e3))
+              + ConstantKernel(0.1, (1e-4, 1e1)) * DotProduct(sigma_0=1.0, sigma_0_bounds="fixed")
+              + WhiteKernel(0.1, (1e-5, 1e1)))
+    gp = OneThreadGP(kernel=kernel, normalize_y=True, random_state=random_state, n_restarts_optimizer=0)
+    return Pipeline([("scale", StandardScaler()), ("gp", gp)])
+
+
+class ScaledMLP(RegressorMixin, BaseEstimator):
+    """A small MLP on standardised inputs and targets, weight decay ``alpha_scale / n_samples``.
+
+    Fixed 200 epochs of Adam (no early stopping: a 10-15 % validation split of 100 samples
+    stops it before it has learned anything); the decay shrinks as samples grow.
+    """
+
+    def __init__(self, hidden=(128, 64), alpha_scale: float = 100.0, epochs: int = 200, random_state: int = 0):
+        self.hidden = hidden
+        self.alpha_scale = alpha_scale
+        self.epochs = epochs
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        with limit_blas(1):  # small matrices: threads only spin
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
+        net = MLPRegressor(hidden_layer_sizes=tuple(self.hidden), alpha=self.alpha_scale / len(y),
+                           batch_size=min(64, len(y)), learning_rate_init=1e-3, max_iter=self.epochs,
+                           early_stopping=False, random_state=self.random_state)
+        with warnings.catch_warnings():  # "max_iter reached" is the intended stopping rule
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model_ = make_pipeline(StandardScaler(), TransformedTargetRegressor(
+                regressor=net, transformer=StandardScaler())).fit(X, y)
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "model_")
+        with limit_blas(1):
+            return self.model_.predict(X)
+
+
+class OneThreadGP(GaussianProcessRegressor):
+    """A Gaussian process whose fit and predict run BLAS on one thread (shared CPUs)."""
+
+    def fit(self, X, y):
+        with limit_blas(1):
+            return super().fit(X, y)
+
+    def predict(self, X, return_std: bool = False, return_cov: bool = False):
+        with limit_blas(1):
+            return super().predict(X, return_std=return_std, return_cov=return_cov)
 
 
 @ACCURACY_MODELS.register("mlp")
-def mlp(random_state: int = 0):
-    return make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(64, 64), alpha=1e-3, max_iter=2000,
-                                                        early_stopping=False, random_state=random_state))
+def mlp(random_state: int = 0, n_members: int = 5):
+    return MeanEnsemble([ScaledMLP(random_state=random_state * 100 + i) for i in range(n_members)])
+
+
+@ACCURACY_MODELS.register("ensemble")
+def ensemble(random_state: int = 0):
+    return MeanEnsemble([ACCURACY_MODELS.create(m, random_state=random_state) for m in ENSEMBLE_MEMBERS])
+
+
+def predict_with_std(model, X):
+    """(mean, std) from a fitted model of :data:`ACCURACY_MODELS`; ValueError if it gives no uncertainty."""
+    if isinstance(model, (ForestWithStd, MeanEnsemble, GaussianProcessRegressor)) or (
+            isinstance(model, Pipeline) and isinstance(model[-1], GaussianProcessRegressor)):
+        return model.predict(X, return_std=True)
+    raise ValueError(f"{type(model).__name__} gives no uncertainty; use return_std=False")
 
 
 class AccuracyPredictor(RegressorMixin, BaseEstimator):
@@ -63,19 +177,27 @@ class AccuracyPredictor(RegressorMixin, BaseEstimator):
 
     Parameters
     ----------
-    models : names in ``ACCURACY_MODELS`` to choose from.
+    models : names in ``ACCURACY_MODELS`` to choose from. ``ensemble`` is scored from its
+        members' out-of-fold predictions when they are also candidates (no extra fits).
+        ``gaussian_process`` is not a default candidate: on NB201 and on the supernet it
+        ranked below the others at every size and is the slowest to fit
+        (benchmarks/results/accuracy_predictors.md).
+    blas_threads : BLAS threads while fitting and predicting (None: leave as is).
     cv : number of folds (capped by the number of samples).
     random_state : seeds every model and the fold split, so a fit is repeatable.
     """
 
-    def __init__(self, models: Sequence[str] = ("ridge", "random_forest", "gaussian_process", "gradient_boosting"),
-                 cv: int = 5, random_state: int = 0):
+    def __init__(self, models: Sequence[str] = ("ridge", "random_forest", "gradient_boosting", "mlp", "ensemble"),
+                 cv: int = 5, random_state: int = 0, blas_threads: int | None = 1):
         self.models = models
         self.cv = cv
         self.random_state = random_state
+        self.blas_threads = blas_threads
 
     def fit(self, X, y):
-        with warnings.catch_warnings():  # GP hyper-parameters at their bounds are expected on few samples
+        # GP hyper-parameters at their bounds are expected on few samples. BLAS on one thread:
+        # on a shared CPU a multi-threaded BLAS spins and fits run ~10x slower.
+        with warnings.catch_warnings(), limit_blas(self.blas_threads):
             warnings.simplefilter("ignore", ConvergenceWarning)
             return self._fit(X, y)
 
@@ -83,15 +205,27 @@ class AccuracyPredictor(RegressorMixin, BaseEstimator):
         X, y = check_X_y(X, y, dtype=float, y_numeric=True)
         if len(y) < 4:
             raise ValueError(f"AccuracyPredictor needs at least 4 samples, got {len(y)}")
-        self.cv_scores_: Dict[str, float] = {}
-        folds = KFold(n_splits=min(self.cv, len(y)), shuffle=True, random_state=self.random_state)
         for name in self.models:
+            if name not in ACCURACY_MODELS:
+                raise ValueError(f"unknown accuracy model {name!r}; known: {', '.join(ACCURACY_MODELS.names())}")
+        self.cv_scores_: Dict[str, float] = {}
+        folds = list(KFold(n_splits=min(self.cv, len(y)), shuffle=True, random_state=self.random_state).split(X))
+        oof: Dict[str, np.ndarray] = {}
+        shortcut = "ensemble" in self.models and all(m in self.models for m in ENSEMBLE_MEMBERS)
+        for name in self.models:
+            if name == "ensemble" and shortcut:
+                continue
             pred = np.empty_like(y)
-            for train, test in folds.split(X):
+            for train, test in folds:
                 model = ACCURACY_MODELS.create(name, random_state=self.random_state).fit(X[train], y[train])
                 pred[test] = model.predict(X[test])
-            tau = kendalltau(pred, y).statistic
+            oof[name] = pred
+        if shortcut:
+            oof["ensemble"] = np.mean([oof[m] for m in ENSEMBLE_MEMBERS], axis=0)
+        for name in self.models:
+            tau = kendalltau(oof[name], y).statistic
             self.cv_scores_[name] = float(tau) if np.isfinite(tau) else -1.0
+        self.cv_predictions_ = oof
         self.model_name_ = max(self.cv_scores_, key=self.cv_scores_.get)
         self.model_ = ACCURACY_MODELS.create(self.model_name_, random_state=self.random_state).fit(X, y)
         self.n_features_in_ = X.shape[1]
@@ -100,14 +234,13 @@ class AccuracyPredictor(RegressorMixin, BaseEstimator):
     def predict(self, X, return_std: bool = False):
         check_is_fitted(self, "model_")
         X = check_array(X, dtype=float)
-        if not return_std:
-            return self.model_.predict(X)
-        if isinstance(self.model_, GaussianProcessRegressor):
-            return self.model_.predict(X, return_std=True)
-        if isinstance(self.model_, RandomForestRegressor):
-            per_tree = np.stack([t.predict(X) for t in self.model_.estimators_])
-            return per_tree.mean(axis=0), per_tree.std(axis=0)
-        raise ValueError(f"model {self.model_name_!r} gives no uncertainty; use return_std=False")
+        with limit_blas(self.blas_threads):
+            if not return_std:
+                return self.model_.predict(X)
+            try:
+                return predict_with_std(self.model_, X)
+            except ValueError:
+                raise ValueError(f"model {self.model_name_!r} gives no uncertainty; use return_std=False") from None
 
     def score_kendall(self, X, y) -> float:
         return float(kendalltau(self.predict(X), y).statistic)

@@ -17,7 +17,9 @@ Method (a meta-learned basis with a Bayesian linear head per device):
 4. Optionally (``n_members > 1``) several seeds are trained and their adapted predictions
    averaged; on HELP's splits this changed rho by < 0.005, so the defaults use one.
 
-Inference is one batched forward pass (features -> MLP -> head), >100k predictions/s.
+Inference is one batched forward pass (features -> MLP with the adapted head folded into
+its last layer); spaces of at most 2^17 architectures (NB201) precompute every prediction
+at first use and then look them up (benchmarks/results/fewshot.md, "Inference throughput").
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from hwnas.tabular import TabularBenchmark, TabularSpace, space_from_spec
 
 FORMAT_VERSION = 1
 PREDICT_CHUNK = 8192
+FULL_TABLE_LIMIT = 1 << 17  # spaces this small get every prediction precomputed at first use
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 POOL_LIMIT = {"nb201": 900, "fbnet": 4000, "ofa_mbv3": 4000}
 # Per-space settings measured on HELP's splits (benchmarks/results/fewshot.md); each keeps
@@ -125,6 +128,7 @@ class FewShotPredictor:
         self.reference_genomes_: np.ndarray | None = None
         self.meta_columns_: List[str] = []
         self.tspace_: TabularSpace | None = None  # set from the table (OFA's resolutions)
+        self._table = self._folded_layers = None  # prediction caches, rebuilt after each fit
 
     @classmethod
     def for_space(cls, space: str, **overrides) -> "FewShotPredictor":
@@ -248,6 +252,7 @@ class FewShotPredictor:
         self._require("fit")
         G, y = self.tspace.samples(genomes, values)
         self.y_mean_, self.y_std_ = float(y.mean()), float(y.std()) or 1.0
+        self._table = self._folded_layers = None  # caches of the previous adaptation
         z = (y - self.y_mean_) / self.y_std_
         for member, Phi in zip(self.members_, self.embed(G)):
             member["w"] = _posterior_head(Phi, z, member["heads"], member["prior_mean"], member["prior_cov"])
@@ -263,16 +268,41 @@ class FewShotPredictor:
     def predict(self, genomes) -> np.ndarray:
         self._require("predict", adapted=True)
         G = self.tspace.check(genomes)
+        if self.tspace.space.size <= FULL_TABLE_LIMIT:
+            # Small spaces (NB201: 15,625 cells): every prediction computed once, then looked up.
+            if getattr(self, "_table", None) is None:
+                all_genomes = np.array(np.unravel_index(np.arange(self.tspace.space.size),
+                                                        tuple(self.tspace.space.upper + 1))).T
+                self._table = self._predict_batched(all_genomes)
+            return self._table[np.ravel_multi_index(G.T, tuple(self.tspace.space.upper + 1))]
+        return self._predict_batched(G)
+
+    def _predict_batched(self, G: np.ndarray) -> np.ndarray:
+        from .fastfeatures import fast_features
+
+        folded = self._folded()
+        encode = fast_features(self.tspace) or self.tspace.features  # same matrix, checked; faster
         out = np.empty(len(G))
         # Chunks keep the hidden activations in cache: ~2x faster on large batches.
         for start in range(0, len(G), PREDICT_CHUNK):
-            X = self.tspace.features(G[start : start + PREDICT_CHUNK])
-            z = np.zeros(len(X))
-            for m in self.members_:
-                w = m["w"].astype(np.float32)
-                z += _mlp(m["layers"], X) @ w[:-1] + w[-1]
-            out[start : start + PREDICT_CHUNK] = z / len(self.members_)
+            X = encode(G[start : start + PREDICT_CHUNK])
+            z = sum(_mlp(layers, X)[:, 0] for layers in folded)
+            out[start : start + PREDICT_CHUNK] = z / len(folded)
         return out * self.y_std_ + self.y_mean_
+
+    def _folded(self) -> List[list]:
+        """Per member, the trunk with the adapted head folded into its last (linear) layer:
+        (h @ W + b) @ w + w0 = h @ (W @ w) + (b @ w + w0), one output column instead of k."""
+        if getattr(self, "_folded_layers", None) is None:
+            folded = []
+            for m in self.members_:
+                w = m["w"].astype(np.float64)
+                W, b = m["layers"][-1]
+                W1 = (W.astype(np.float64) @ w[:-1])[:, None].astype(np.float32)
+                b1 = np.array([b.astype(np.float64) @ w[:-1] + w[-1]], dtype=np.float32)
+                folded.append(list(m["layers"][:-1]) + [(np.ascontiguousarray(W1), b1)])
+            self._folded_layers = folded
+        return self._folded_layers
 
     # --- persistence -------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -8,12 +8,11 @@ from scipy.stats import spearmanr
 
 from hwnas.errors import HwnasError
 from hwnas.predictors.cost import FlopsPredictor, LayerwisePredictor, NonMetaPredictor
+from hwnas.predictors.fastfeatures import fast_features
 from hwnas.predictors.fewshot import FewShotPredictor, artifact_path, help_split, load_pretrained
-from hwnas.tabular import TabularBenchmark, default_data_dir
+from hwnas.tabular import OfaSpace, TabularBenchmark, default_data_dir, space_from_spec
 
-pytestmark = pytest.mark.skipif(
-    not (default_data_dir() / "nb201.csv.gz").is_file(), reason="../shared/data absent"
-)
+needs_data = pytest.mark.skipif(not (default_data_dir() / "nb201.csv.gz").is_file(), reason="../shared/data absent")
 
 META_TRAIN = ["1080ti_1", "1080ti_256", "silver_4114", "samsung_a50", "pixel3"]
 HELD_OUT = "titanx_256"
@@ -38,6 +37,7 @@ def query_rho(bench, predictor, device):
     return spearmanr(predictor.predict(bench.genomes[query]), values[query])[0]
 
 
+@needs_data
 def test_help_split_follows_protocol(nb201):
     pool, query = help_split(nb201, "gold_6240")
     assert nb201.arch_idx[pool].max() < 900 and nb201.arch_idx[query].min() >= 900
@@ -45,6 +45,7 @@ def test_help_split_follows_protocol(nb201):
     assert 700 <= len(pool) <= 730 and 790 <= len(query) <= 810  # 10th-90th percentile kept
 
 
+@needs_data
 def test_adapted_predictor_beats_baselines_on_held_out_device(nb201, small_predictor):
     refs = nb201.rows_of_arch_idx(nb201.reference_archs())
     values = nb201.values(HELD_OUT)
@@ -62,6 +63,7 @@ def test_adapted_predictor_beats_baselines_on_held_out_device(nb201, small_predi
     assert np.median(np.abs(pred - values[query]) / values[query]) < 0.15
 
 
+@needs_data
 def test_fit_is_adapt_in_place_and_works_on_any_column(nb201, small_predictor, tmp_path):
     rows = nb201.rows_of_arch_idx(nb201.reference_archs())
     column = "gold_6240_latency_ms"  # a column name works like a device name
@@ -78,6 +80,7 @@ def test_fit_is_adapt_in_place_and_works_on_any_column(nb201, small_predictor, t
         FewShotPredictor("nb201").adapt(np.ones(10))
 
 
+@needs_data
 def test_save_load_gives_identical_predictions(nb201, small_predictor, tmp_path):
     refs = nb201.rows_of_arch_idx(nb201.reference_archs())
     adapted = small_predictor.adapt(nb201.values(HELD_OUT)[refs])
@@ -95,6 +98,7 @@ def test_save_load_gives_identical_predictions(nb201, small_predictor, tmp_path)
         FewShotPredictor.load(tmp_path / "junk.npz")
 
 
+@needs_data
 def test_ofa_predictor_keeps_the_table_resolutions(tmp_path):
     ofa = TabularBenchmark.load("ofa_mbv3")
     predictor = FewShotPredictor("ofa_mbv3", hidden=32, embed_dim=8, epochs=20, threads=1)
@@ -105,6 +109,7 @@ def test_ofa_predictor_keeps_the_table_resolutions(tmp_path):
     assert np.isfinite(adapted.predict(ofa.genomes[:50])).all()
 
 
+@needs_data
 def test_baselines_fit_and_rank(nb201):
     refs = nb201.rows_of_arch_idx(nb201.reference_archs())
     values = nb201.values("samsung_a50")
@@ -117,6 +122,7 @@ def test_baselines_fit_and_rank(nb201):
         LayerwisePredictor("nb201").fit(nb201.genomes[:2], [1.0, np.nan])
 
 
+@needs_data
 @pytest.mark.skipif(not artifact_path("nb201").is_file(), reason="no shipped artifact yet")
 def test_pretrained_artifact_loads_and_adapts(nb201):
     predictor = load_pretrained("nb201")
@@ -126,3 +132,40 @@ def test_pretrained_artifact_loads_and_adapts(nb201):
     assert query_rho(nb201, adapted, "titanx_1") > 0.9
     with pytest.raises(HwnasError, match="no pretrained"):
         load_pretrained("nb301")
+
+
+# --- prediction speed-ups: exact, whatever the data (no ../shared needed) ----------------------
+@pytest.mark.parametrize("spec", [{"name": "fbnet"}, {"name": "ofa_mbv3"},
+                                  {"name": "ofa_mbv3", "resolutions": [160, 192, 224]}])
+def test_fast_features_equal_tabular_features(spec):
+    ts = space_from_spec(spec)
+    encode = fast_features(ts)
+    assert encode is not None
+    G = ts.space.sample(np.random.default_rng(7), 3000)
+    np.testing.assert_array_equal(encode(G), ts.features(G))
+
+
+def test_fast_features_fall_back_when_the_layout_drifts(monkeypatch):
+    ts = OfaSpace()  # a fresh instance: checked on first use
+    original = ts.features
+    monkeypatch.setattr(ts, "features", lambda G: original(G)[:, :-1])  # a column less than the fast twin
+    with pytest.warns(RuntimeWarning, match="using the original"):
+        assert fast_features(ts) is None
+    assert fast_features(space_from_spec({"name": "nb201"})) is None  # no twin: its features are a lookup already
+
+
+@pytest.mark.parametrize("space", ["nb201", "fbnet", "ofa_mbv3"])
+def test_fast_predict_equals_the_plain_forward_pass(space, one_torch_thread):
+    if not artifact_path(space).is_file():
+        pytest.skip("no shipped artifact")
+    meta = load_pretrained(space)
+    adapted = meta.adapt(np.linspace(1.0, 3.0, 10))
+    G = adapted.tspace.space.sample(np.random.default_rng(3), 20_000)  # > PREDICT_CHUNK: several chunks
+    # Reference: features -> trunk -> phi with bias, times the adapted head (no folding, no tables).
+    plain = np.mean([Phi @ m["w"] for Phi, m in zip(adapted.embed(G), adapted.members_)], 0)
+    np.testing.assert_allclose(adapted.predict(G), plain * adapted.y_std_ + adapted.y_mean_, rtol=1e-5, atol=1e-5)
+    # Adapting again (in place or as a copy) drops the caches of the previous device.
+    other = adapted.adapt(np.linspace(3.0, 1.0, 10))
+    assert not np.allclose(other.predict(G[:100]), adapted.predict(G[:100]))
+    adapted.fit(adapted.reference_genomes_, np.linspace(3.0, 1.0, 10))
+    np.testing.assert_allclose(adapted.predict(G[:100]), other.predict(G[:100]), rtol=1e-6)

@@ -1,0 +1,138 @@
+"""Accuracy predictors: the scikit-learn contract, CV selection, supernet features, the cached sub-network table."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import numpy as np
+import pytest
+from scipy.stats import kendalltau
+
+from conftest import BENCH, ROOT, requires
+from hwnas.errors import HwnasError
+from hwnas.predictors import ACCURACY_MODELS, AccuracyPredictor
+from hwnas.predictors.accuracy import ENSEMBLE_MEMBERS, predict_with_std
+from hwnas.predictors.features import elastic_mbv3_features
+from hwnas.space import Choice, SearchSpace
+
+SUBNETS_CSV = ROOT / "benchmarks" / "results" / "accuracy_subnets.csv"
+NOISE_CSV = ROOT / "benchmarks" / "results" / "accuracy_subnets_noise.csv"
+UNCERTAIN = {"random_forest", "gaussian_process", "mlp", "ensemble"}
+
+
+def toy(n=120, seed=0):
+    """y depends non-linearly on a few of 12 binary features, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 2, (n, 12)).astype(float)
+    y = 70 + 5 * X[:, 0] + 3 * X[:, 1] * X[:, 2] - 4 * X[:, 3] * (1 - X[:, 4]) + rng.normal(0, 0.3, n)
+    return X, y
+
+
+@pytest.mark.parametrize("name", ACCURACY_MODELS.names())
+def test_every_model_follows_the_sklearn_contract(name, one_torch_thread):
+    X, y = toy()
+    model = ACCURACY_MODELS.create(name, random_state=0)
+    assert model.fit(X[:90], y[:90]) is model
+    pred = model.predict(X[90:])
+    assert pred.shape == (30,) and np.isfinite(pred).all()
+    assert kendalltau(pred, y[90:]).statistic > 0.5, name  # the signal is easy: every model must find it
+    if name in UNCERTAIN:
+        mean, std = predict_with_std(model, X[90:])
+        np.testing.assert_allclose(mean, pred, rtol=1e-6)
+        assert std.shape == (30,) and (std >= 0).all() and std.max() > 0
+    else:
+        with pytest.raises(ValueError, match="no uncertainty"):
+            predict_with_std(model, X[90:])
+    # Same seed, same fit.
+    again = ACCURACY_MODELS.create(name, random_state=0).fit(X[:90], y[:90]).predict(X[90:])
+    np.testing.assert_allclose(again, pred, rtol=1e-6)
+
+
+def test_cv_selection_scores_the_ensemble_from_its_members(one_torch_thread):
+    X, y = toy(80)
+    model = AccuracyPredictor(random_state=0)
+    assert model.fit(X, y) is model
+    assert set(model.cv_scores_) == {"ridge", "random_forest", "gradient_boosting", "mlp", "ensemble"}
+    assert model.model_name_ == max(model.cv_scores_, key=model.cv_scores_.get)
+    # The shortcut (mean of the members' out-of-fold predictions) equals cross-validating the ensemble itself.
+    alone = AccuracyPredictor(models=("ensemble",), random_state=0).fit(X, y)
+    np.testing.assert_allclose(alone.cv_predictions_["ensemble"], model.cv_predictions_["ensemble"], rtol=1e-6)
+    np.testing.assert_allclose(model.cv_predictions_["ensemble"],
+                               np.mean([model.cv_predictions_[m] for m in ENSEMBLE_MEMBERS], 0))
+    # return_std where the chosen model has it, a clear error where it has not.
+    mean, std = alone.predict(X[:5], return_std=True)
+    assert mean.shape == std.shape == (5,) and std.max() > 0
+    ridge_only = AccuracyPredictor(models=("ridge",)).fit(X, y)
+    with pytest.raises(ValueError, match="'ridge' gives no uncertainty"):
+        ridge_only.predict(X[:5], return_std=True)
+    with pytest.raises(ValueError, match="unknown accuracy model 'svm'"):
+        AccuracyPredictor(models=("svm",)).fit(X, y)
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        AccuracyPredictor().fit(X[:3], y[:3])
+
+
+def mbv3_space(blocks=6, stages=2):
+    return SearchSpace([Choice(f"ks{b}", (3, 5, 7)) for b in range(blocks)]
+                       + [Choice(f"e{b}", (3, 4, 6)) for b in range(blocks)]
+                       + [Choice(f"d{i}", (2, 3)) for i in range(stages)] + [Choice("r", (16, 20, 24))], "toy_mbv3")
+
+
+def test_elastic_features_ignore_switched_off_slots():
+    space = mbv3_space()  # 2 stages of 3 slots; depth 2 switches slot 2 (and 5) off
+    config = {**{f"ks{b}": 3 for b in range(6)}, **{f"e{b}": 3 for b in range(6)}, "d0": 2, "d1": 3, "r": 20}
+    base = space.encode(config)
+    off = space.encode({**config, "ks2": 7, "e2": 6})  # slot 2 is off at d0 = 2
+    on = space.encode({**config, "ks4": 7})  # slot 4 runs (d1 = 3)
+    F = elastic_mbv3_features(space, np.stack([base, off, on]))
+    assert F.dtype == np.float32 and F.shape[0] == 3
+    np.testing.assert_array_equal(F[0], F[1])
+    assert not np.array_equal(F[0], F[2])
+    # The plain genome features do see the switched-off genes.
+    assert not np.array_equal(space.features([base])[0], space.features([off])[0])
+    deeper = space.encode({**config, "d0": 3})
+    assert not np.array_equal(elastic_mbv3_features(space, [deeper])[0], F[0])
+    with pytest.raises(HwnasError, match="not an elastic MobileNetV3 space"):
+        elastic_mbv3_features(SearchSpace([Choice("a", (1, 2))], "other"), [[0]])
+    with pytest.raises(HwnasError, match="shape"):
+        elastic_mbv3_features(space, np.zeros((2, 3), dtype=int))
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.skipif(not SUBNETS_CSV.is_file(), reason="no cached sub-network table")
+def test_cached_subnet_table_is_distinct_and_reproducible(one_torch_thread):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import accuracy_predictors as bench
+
+    from hwnas import supernets
+    from hwnas.supernets import arch_key, config_from_arch_key
+
+    rows = read(SUBNETS_CSV)
+    assert len(rows) >= 500
+    net = supernets.load_default()
+    canon = {arch_key(bench.canonical(net, config_from_arch_key(r["arch_key"]))) for r in rows}
+    assert len(canon) == len(rows)  # distinct networks, not just distinct genomes
+    acc = np.array([float(r["accuracy"]) for r in rows])
+    assert ((acc > 0.5) & (acc < 1.0)).all() and acc.std() > 0.002
+    # Re-measuring gives the cached value exactly (seeded calibration, one thread).
+    again = bench.measure_subnets(0, keys=[rows[0]["arch_key"], rows[-1]["arch_key"]], log_every=0)
+    np.testing.assert_allclose([a for _, a, _ in again], [acc[0], acc[-1]], atol=1e-4)
+    noise = read(NOISE_CSV)
+    assert len(noise) >= 20 and [r["arch_key"] for r in noise] == [r["arch_key"] for r in rows[: len(noise)]]
+
+
+@requires(BENCH / "nb201.csv.gz")
+def test_nb201_predictors_rank_held_out_architectures(one_torch_thread):
+    from hwnas.tabular import TabularBenchmark
+
+    bench = TabularBenchmark.load("nb201", BENCH / "nb201.csv.gz")
+    y, X = bench.values("cifar10_acc"), bench.features(bench.genomes)
+    order = np.random.default_rng(0).permutation(len(y))
+    tr, te = order[:200], order[200:2200]
+    for name, floor in (("mlp", 0.65), ("gaussian_process", 0.6), ("ensemble", 0.72)):
+        pred = ACCURACY_MODELS.create(name, random_state=0).fit(X[tr], y[tr]).predict(X[te])
+        assert kendalltau(pred, y[te]).statistic > floor, name
