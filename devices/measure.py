@@ -44,12 +44,12 @@ def cpu_name() -> str:
 
 
 def calibration_archs(dspace: SupernetDeviceSpace, n: int = N_CALIBRATION) -> List[str]:
-    """The 10 reference sub-networks, then ``n - 10`` more seeded random ones (the same for a space)."""
+    """The 10 reference sub-networks, then up to ``n - 10`` more seeded random ones (the same for a space)."""
     archs = dspace.reference_archs()
     rng, seen = np.random.default_rng(CALIBRATION_SEED), set(archs)
-    while len(archs) < n:
-        arch = dspace.format_arch(dspace.space.sample(rng)[0])
-        if arch not in seen:
+    for genome in dspace.space.sample(rng, 20 * n):  # a small space may hold fewer than n
+        arch = dspace.format_arch(genome)
+        if len(archs) < n and arch not in seen:
             seen.add(arch)
             archs.append(arch)
     return archs
