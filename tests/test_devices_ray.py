@@ -60,6 +60,6 @@ def test_measure_runs_on_the_node_with_the_device_resource(remote_measurement):
     assert result["ran_on"] == result["device_node"] != result["head_node"]
     profile = get_device("remote-cpu", home)
     assert profile.spec.ray_resource == "device:remote-cpu" and profile.spec.backend == "torch-cpu"
-    assert len(profile.samples(spec)) == 10 and profile.file("lut", spec, "json").is_file()
+    assert len(profile.samples(spec)) == 32 and profile.file("lut", spec, "json").is_file()  # every sub-network of the tiny space (< 40)
     model = cost_model("remote-cpu", spec, home)
     assert model.method.startswith("per-block lookup table") and len(model.table) == result["entries"]
