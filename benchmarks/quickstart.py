@@ -42,7 +42,7 @@ def main() -> None:
 | sub-networks on the front | {len(front)} | ≥ 5 |
 | front values all measured (not predicted) | {'yes' if measured else 'NO'} | yes |
 
-The front (validation accuracy measured after BN recalibration; latency measured, median):
+The front (validation accuracy measured after BN recalibration; latency measured, minimum of interleaved rounds):
 
 | id | arch | accuracy | latency_ms |
 |---|---|---|---|
