@@ -205,6 +205,32 @@ class SupernetCostModel(CostModel):
         return {"latency_ms": latency, "energy_mJ": energy, "power_W": energy / latency}
 
 
+class TranslatedCostModel(CostModel):
+    """A tabular space's cost model serving a supernet whose architectures it spells the same way.
+
+    The ``ofa_mbv3_w1`` supernet and the ``ofa_mbv3`` table both use once-for-all's
+    ``ks=...;e=...;d=...;r=...`` keys, so a device with ``ofa_mbv3`` samples (every shipped
+    OFA device) predicts the supernet's sub-networks with the meta-learned few-shot model.
+    """
+
+    def __init__(self, profile: DeviceProfile, dspace: SupernetDeviceSpace, tabular: TabularCostModel):
+        super().__init__(profile, dspace, tabular.samples)
+        self.tabular, self.labels = tabular, tabular.labels
+        self.method = f"{tabular.method}, on the {tabular.dspace.name} table's architecture keys"
+
+    def _refit(self, samples: Samples) -> "TranslatedCostModel":
+        return TranslatedCostModel(self.profile, self.dspace, self.tabular._refit(samples))
+
+    def predict(self, genomes) -> Dict[str, np.ndarray]:
+        G = np.atleast_2d(np.asarray(genomes, dtype=np.int64))
+        keys = [self.dspace.format_arch(g) for g in G]
+        return self.tabular.predict(np.stack([self.tabular.dspace.parse_arch(k) for k in keys]))
+
+
+# Supernets whose architecture keys are those of a tabular space.
+SAME_KEYS_AS = {"ofa_mbv3_w1": "ofa_mbv3"}
+
+
 def cost_model(device: Union[str, DeviceProfile], space: str, home: Optional[os.PathLike] = None) -> CostModel:
     """The cost predictor of ``device`` (a name in the registry, or a profile) on ``space``."""
     profile = device if isinstance(device, DeviceProfile) else get_device(device, home)
@@ -212,4 +238,9 @@ def cost_model(device: Union[str, DeviceProfile], space: str, home: Optional[os.
     samples = profile.samples(dspace.name) if (profile.has_space(dspace.name) or dspace.kind == "tabular") else None
     if isinstance(dspace, TabularDeviceSpace):
         return TabularCostModel(profile, dspace, samples)
+    table = SAME_KEYS_AS.get(dspace.supernet.registry_name)
+    if samples is None and table is not None and profile.has_space(table) \
+            and not profile.file("lut", dspace.name, "json").is_file():
+        tabular = device_space(table)
+        return TranslatedCostModel(profile, dspace, TabularCostModel(profile, tabular, profile.samples(table)))
     return SupernetCostModel(profile, dspace, samples)

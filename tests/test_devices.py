@@ -482,3 +482,31 @@ def test_torch_cuda_backend_or_clear_skip():
 def test_rapl_energy_is_positive():  # pragma: no cover - needs powercap access
     m = backends.create_backend("torch-cpu", batch_size=2, **FAST).measure(small_model(), (3, 16, 16))
     assert m.energy_source == "rapl" and m.energy_mJ > 0 and m.power_W > 0
+
+
+# --------------------------------------------------------------------------- OFA supernet <- ofa_mbv3 table
+def test_ofa_supernet_served_by_the_tables_few_shot_model():
+    """ofa_mbv3_w1 sub-networks and the ofa_mbv3 table share arch keys: a shipped OFA device predicts both alike."""
+    model = cost_model("v100_32", "ofa_mbv3_w1")
+    assert "few-shot" in model.method and model.labels["latency_ms"] == "fitted"
+    sup, tab = device_space("ofa_mbv3_w1"), device_space("ofa_mbv3")
+    genomes = sup.space.sample(np.random.default_rng(0), 30)
+    keys = [sup.format_arch(g) for g in genomes]
+    direct = cost_model("v100_32", "ofa_mbv3").predict(np.stack([tab.parse_arch(k) for k in keys]))
+    for metric, values in model.predict(genomes).items():
+        np.testing.assert_allclose(values, direct[metric])
+    assert np.ptp(direct["latency_ms"]) > 0  # the sub-networks differ
+
+
+@requires(BENCH / "ofa.csv.gz")
+def test_ofa_supernet_predictions_rank_the_tables_measurements():
+    from scipy.stats import spearmanr
+
+    from hwnas.tabular import TabularBenchmark
+
+    bench = TabularBenchmark.load("ofa_mbv3")
+    rows = np.random.default_rng(1).choice(len(bench), 300, replace=False)
+    sup = device_space("ofa_mbv3_w1")
+    genomes = np.stack([sup.parse_arch(bench.arch_ids[i]) for i in rows])
+    predicted = cost_model("v100_32", "ofa_mbv3_w1").predict(genomes)["latency_ms"]
+    assert spearmanr(predicted, bench.values("v100_32")[rows])[0] > 0.8
