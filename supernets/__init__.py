@@ -121,7 +121,8 @@ __all__ = [
     "ElasticViT",
     "SUPERNETS", "DEFAULT_CHECKPOINT", "DEFAULT_SUPERNET", "Supernet", "ElasticMobileNetV3", "OFAMobileNetV3",
     "OFA_MBV3_W1", "DatasetSplits", "create", "names",
-    "save_checkpoint", "load_checkpoint", "load_checkpoint_header", "load_default", "checkpoint_dict", "supernet_from_dict", "load_dataset",
+    "save_checkpoint", "load_checkpoint", "load_checkpoint_header", "load_default", "checkpoint_dict",
+    "supernet_from_dict", "load_dataset",
     "arch_key", "config_from_arch_key", "recalibrate_bn", "measure_accuracy", "subnet_accuracy",
     "calibration_batches", "TrainSettings", "TrainResult", "train_supernet", "tradeoff_report", "cpu_latency_ms",
 ]
