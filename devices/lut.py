@@ -47,11 +47,6 @@ IN_CONTEXT, ALONE = "in-context", "alone"  # how the entries were timed (the fil
 TIMING_METHODS = (ALONE, IN_CONTEXT)
 
 
-def default_timing(backend) -> str:
-    """Alone: calibrated per stage, it predicted better than in context here (benchmarks/devices_lut.py)."""
-    return ALONE
-
-
 class _Stem(nn.Module):
     def __init__(self, resolution: int, stem: nn.Module):
         super().__init__()
@@ -172,9 +167,8 @@ def macs_table(counts: Dict[str, Dict[str, float]]) -> Dict[str, float]:
 
 
 def measure_table(dspace: SupernetDeviceSpace, backend, progress: Optional[Callable[[int, int], None]] = None,
-                  method: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+                  method: str = ALONE) -> Dict[str, Dict[str, float]]:
     """Time every table entry on ``backend``: ``{key: {"latency_ms", "iqr_ms", counts}}`` (module docstring)."""
-    method = method or default_timing(backend)
     if method not in TIMING_METHODS:
         raise HwnasError(f"unknown table timing {method!r}; allowed: {', '.join(TIMING_METHODS)}")
     if method == IN_CONTEXT and not getattr(backend, "times_segments", False):

@@ -58,7 +58,7 @@ def calibration_archs(dspace: SupernetDeviceSpace, n: int = N_CALIBRATION) -> Li
 def measure_job(space: str, backend: str, settings: dict, progress: Optional[Callable[[str], None]] = None,
                 table_timing: Optional[str] = None) -> dict:
     """Measure table and calibration samples of ``space`` here; returns plain data (Ray-safe)."""
-    from .lut import default_timing, measure_table
+    from .lut import ALONE, measure_table
 
     dspace = device_space(space)
     if not isinstance(dspace, SupernetDeviceSpace):
@@ -66,7 +66,7 @@ def measure_job(space: str, backend: str, settings: dict, progress: Optional[Cal
                          f"time the architectures of 'hwnas devices refs --space {space}' with your own tooling "
                          "and use 'hwnas devices add'")
     runner = create_backend(backend, **settings)
-    table_timing = table_timing or default_timing(runner)
+    table_timing = table_timing or ALONE
     report = (lambda done, total: progress(f"lookup table {done}/{total}")) if progress else None
     entries = measure_table(dspace, runner, report, method=table_timing)
     archs = calibration_archs(dspace)
@@ -130,8 +130,9 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
     settings.update({k: v for k, v in dict(batch_size=batch_size, threads=threads).items() if v is not None})
     runner_settings = {**settings, **DEFAULT_TIMING, **timing}
     resource = ray_resource or fields.get("ray_resource")
-    args = (dspace.name, backend, runner_settings, None, table_timing)
-    result = _run_on_ray(resource, *args) if resource else measure_job(*args[:3], progress, table_timing)
+    args = (dspace.name, backend, runner_settings)
+    result = (_run_on_ray(resource, *args, None, table_timing) if resource
+              else measure_job(*args, progress, table_timing))
 
     from .lut import lut_document
 
