@@ -73,9 +73,14 @@ def default_data_dir() -> Path:
 def _onehot(G: np.ndarray, n: int) -> np.ndarray:
     """(rows, genes) ints in [0, n) -> (rows, genes * n) one-hot."""
     out = np.zeros((G.shape[0], G.shape[1] * n), dtype=np.float32)
-    rows = np.repeat(np.arange(G.shape[0]), G.shape[1])
-    out[rows, (np.arange(G.shape[1]) * n + G).reshape(-1)] = 1.0
+    _set_onehot(out, 0, G, n)
     return out
+
+
+def _set_onehot(out: np.ndarray, start: int, G: np.ndarray, n: int, value=1.0) -> None:
+    """Write the one-hot of G into ``out`` from column ``start`` on, in place (features fill one
+    preallocated array); ``value``: a scalar or one per row and gene, e.g. 0 for switched-off slots."""
+    out[np.arange(len(G))[:, None], start + np.arange(G.shape[1]) * n + G] = value
 
 
 def _as_genomes(genomes, n_var: int) -> np.ndarray:
@@ -303,7 +308,8 @@ class FbnetSpace(TabularSpace):
         self.fixed_work = (_conv_work(3, 16, 3, 32, 32) + _conv_work(352, 1504, 1, h_out, h_out)
                            + _conv_work(1504, 100, 1, 1, 1, bias=True))
         self.fixed_macs = self.fixed_work[0]
-        self._block_scale = self.block_macs.max(1, keepdims=True).T  # (1, 22)
+        # A feature: each block's MACs relative to the largest op of that block.
+        self._relative_block_macs = self.block_macs / self.block_macs.max(1, keepdims=True)
 
     def arch_to_genome(self, arch: str) -> np.ndarray:
         parts = arch.strip().split("-") if isinstance(arch, str) else []
@@ -327,13 +333,20 @@ class FbnetSpace(TabularSpace):
         return self.block_work[np.arange(22)[None, :], G].sum(1) + self.fixed_work
 
     def features(self, genomes) -> np.ndarray:
+        """(n, 230): per block the op one-hot (22 x 9), relative block MACs (22), the share of
+        blocks using each op (9), log total MACs (1); table lookups into one array (prediction
+        spends its time here)."""
         G = self.check(genomes)
-        per_block = self._per_block(G)
-        total = per_block.sum(1) + self.fixed_macs
-        onehot = _onehot(G, len(FBNET_OPS))
-        counts = onehot.reshape(len(G), 22, len(FBNET_OPS)).sum(1) / 22.0
-        log_macs = (np.log(total) - np.log(self.fixed_macs))[:, None] / 4.0
-        return np.concatenate([onehot, per_block / self._block_scale, counts, log_macs], 1, dtype=np.float32)
+        n_blocks, n_ops = self.block_macs.shape
+        onehot_end, relative_end = n_blocks * n_ops, n_blocks * n_ops + n_blocks
+        out = np.zeros((len(G), relative_end + n_ops + 1), dtype=np.float32)
+        _set_onehot(out, 0, G, n_ops)
+        out[:, onehot_end:relative_end] = self._relative_block_macs[np.arange(n_blocks), G]
+        op_counts = np.bincount((np.arange(len(G))[:, None] * n_ops + G).ravel(), minlength=len(G) * n_ops)
+        out[:, relative_end:-1] = op_counts.reshape(len(G), n_ops) / n_blocks
+        total = self._per_block(G).sum(1) + self.fixed_macs
+        out[:, -1] = (np.log(total) - np.log(self.fixed_macs)) / 4.0
+        return out
 
 
 # --------------------------------------------------------------------------- OFA MobileNetV3
@@ -342,6 +355,7 @@ OFA_EXPANDS = (3, 4, 6)
 OFA_DEPTHS = (2, 3, 4)
 OFA_STAGES = ((24, 2, False), (40, 2, True), (80, 2, False), (112, 1, True), (160, 2, True))
 _OFA_KEY = re.compile(r"ks=([357]{20});e=([346]{20});d=([234]{5});r=(\d+)")
+_OFA_ACTIVE_BY_DEPTH = np.arange(4)[None, :] < np.array(OFA_DEPTHS)[:, None]  # (depth choice, slot of a stage)
 
 
 class OfaSpace(TabularSpace):
@@ -359,8 +373,11 @@ class OfaSpace(TabularSpace):
             + [Choice("r", self.resolutions)],
             name="ofa_mbv3",
         )
-        largest = self.space.largest()[None, :]
-        self._per_pixel_scale = float(self._block_macs(largest)[0].max() / float(self.resolutions[-1]) ** 2)
+        self._slot_macs, self._fixed_macs_by_res = self._mac_tables()
+        largest_blocks = self._slot_macs[:, -1, -1, -1]  # largest kernel and expand at the largest resolution
+        self._per_pixel_scale = float(largest_blocks.max() / float(self.resolutions[-1]) ** 2)
+        r = np.asarray(self.resolutions)
+        self._scaled_resolutions = (r - r[0]) / max(1, r[-1] - r[0])
 
     def spec(self) -> dict:
         return {"name": self.name, "resolutions": list(self.resolutions)}
@@ -425,6 +442,19 @@ class OfaSpace(TabularSpace):
         blocks, fixed = self._block_work(G, lambda hidden: hidden // 4)
         return blocks[0], fixed[0]
 
+    def _mac_tables(self):
+        """MACs of each block slot by (slot, kernel, expand, resolution) and of the fixed layers by
+        resolution, for the features. A slot's MACs depend on nothing else, so one probe per
+        (kernel, expand, resolution), all slots alike and every stage at full depth, fills them."""
+        kernel, expand, res = np.meshgrid(
+            np.arange(len(OFA_KERNELS)), np.arange(len(OFA_EXPANDS)), np.arange(len(self.resolutions)), indexing="ij"
+        )
+        probe = np.zeros((kernel.size, self.space.n_var), dtype=np.int64)
+        probe[:, :20], probe[:, 20:40] = kernel.reshape(-1, 1), expand.reshape(-1, 1)
+        probe[:, 40:45], probe[:, 45] = len(OFA_DEPTHS) - 1, res.reshape(-1)
+        blocks, fixed = self._block_macs(probe)
+        return blocks.T.reshape((20,) + kernel.shape), fixed.reshape(kernel.shape)[0, 0]
+
     def macs(self, genomes) -> np.ndarray:
         blocks, fixed = self._block_macs(self.check(genomes))
         return blocks.sum(1) + fixed
@@ -436,32 +466,40 @@ class OfaSpace(TabularSpace):
     def additive_features(self, genomes) -> np.ndarray:
         """Active-slot kernel and expand indicators plus resolution (inactive slots cost 0)."""
         G = self.check(genomes)
-        _, _, _, r, active = self._decode(G)
-        mask = np.repeat(active, 3, axis=1).astype(np.float32)
-        res = ((r - self.resolutions[0]) / max(1, self.resolutions[-1] - self.resolutions[0]))[:, None]
-        return np.concatenate(
-            [_onehot(G[:, :20], 3) * mask, _onehot(G[:, 20:40], 3) * mask, res, res**2], 1
-        ).astype(np.float32)
+        out = np.zeros((len(G), 122), dtype=np.float32)
+        self._set_slot_indicators(out, G, self._active_slots(G))
+        return out
+
+    def _active_slots(self, G: np.ndarray) -> np.ndarray:
+        return _OFA_ACTIVE_BY_DEPTH[G[:, 40:45]].reshape(len(G), 20)
+
+    def _set_slot_indicators(self, out: np.ndarray, G: np.ndarray, active: np.ndarray) -> None:
+        """Columns 0-121, the additive features: kernel one-hot (20 x 3) and expand one-hot
+        (20 x 3) of the active slots, scaled resolution and its square."""
+        _set_onehot(out, 0, G[:, :20], len(OFA_KERNELS), active)
+        _set_onehot(out, 60, G[:, 20:40], len(OFA_EXPANDS), active)
+        res = self._scaled_resolutions[G[:, 45]]
+        out[:, 120], out[:, 121] = res, res**2
 
     def features(self, genomes) -> np.ndarray:
+        """(n, 184): the additive features (122), active slots (20), depth one-hot (5 x 3), block
+        MACs per pixel (20), depths (5), resolution (1), log total MACs (1); table lookups into
+        one array (prediction spends its time here)."""
         G = self.check(genomes)
-        _, _, d, r, active = self._decode(G)
-        blocks, fixed = self._block_macs(G)
-        total = blocks.sum(1) + fixed
+        depth, res = G[:, 40:45], G[:, 45]
+        active = self._active_slots(G)
+        out = np.zeros((len(G), 184), dtype=np.float32)
+        self._set_slot_indicators(out, G, active)
+        out[:, 122:142] = active
+        _set_onehot(out, 142, depth, len(OFA_DEPTHS))
+        blocks = self._slot_macs[np.arange(20), G[:, :20], G[:, 20:40], res[:, None]] * active
+        r = np.asarray(self.resolutions, dtype=float)[res]
         # Block MACs scale with r^2; dividing it out keeps block size and resolution apart.
-        per_block = blocks / (r[:, None].astype(float) ** 2) / self._per_pixel_scale
-        return np.concatenate(
-            [
-                self.additive_features(G),
-                active.astype(np.float32),
-                _onehot(G[:, 40:45], 3),
-                per_block,
-                (d - 2) / 2.0,
-                (r / 224.0)[:, None],
-                ((np.log(total) - np.log(5e7)) / 2.0)[:, None],
-            ],
-            1,
-        ).astype(np.float32)
+        out[:, 157:177] = blocks / (r**2)[:, None] / self._per_pixel_scale
+        out[:, 177:182] = depth / 2.0  # (d - 2) / 2: the genes count depths from 2
+        out[:, 182] = r / 224.0
+        out[:, 183] = (np.log(blocks.sum(1) + self._fixed_macs_by_res[res]) - np.log(5e7)) / 2.0
+        return out
 
 
 def space_from_spec(spec: dict) -> TabularSpace:

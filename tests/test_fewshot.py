@@ -8,9 +8,8 @@ from scipy.stats import spearmanr
 
 from hwnas.errors import HwnasError
 from hwnas.predictors.cost import FlopsPredictor, LayerwisePredictor, NonMetaPredictor
-from hwnas.predictors.fastfeatures import fast_features
 from hwnas.predictors.fewshot import FewShotPredictor, artifact_path, help_split, load_pretrained
-from hwnas.tabular import OfaSpace, TabularBenchmark, default_data_dir, space_from_spec
+from hwnas.tabular import TabularBenchmark, default_data_dir
 
 needs_data = pytest.mark.skipif(not (default_data_dir() / "nb201.csv.gz").is_file(), reason="../shared/data absent")
 
@@ -135,25 +134,6 @@ def test_pretrained_artifact_loads_and_adapts(nb201):
 
 
 # --- prediction speed-ups: exact, whatever the data (no ../shared needed) ----------------------
-@pytest.mark.parametrize("spec", [{"name": "fbnet"}, {"name": "ofa_mbv3"},
-                                  {"name": "ofa_mbv3", "resolutions": [160, 192, 224]}])
-def test_fast_features_equal_tabular_features(spec):
-    ts = space_from_spec(spec)
-    encode = fast_features(ts)
-    assert encode is not None
-    G = ts.space.sample(np.random.default_rng(7), 3000)
-    np.testing.assert_array_equal(encode(G), ts.features(G))
-
-
-def test_fast_features_fall_back_when_the_layout_drifts(monkeypatch):
-    ts = OfaSpace()  # a fresh instance: checked on first use
-    original = ts.features
-    monkeypatch.setattr(ts, "features", lambda G: original(G)[:, :-1])  # a column less than the fast twin
-    with pytest.warns(RuntimeWarning, match="using the original"):
-        assert fast_features(ts) is None
-    assert fast_features(space_from_spec({"name": "nb201"})) is None  # no twin: its features are a lookup already
-
-
 @pytest.mark.parametrize("space", ["nb201", "fbnet", "ofa_mbv3"])
 def test_fast_predict_equals_the_plain_forward_pass(space, one_torch_thread):
     if not artifact_path(space).is_file():

@@ -13,7 +13,12 @@ from torch import nn
 from hwnas.devices.energy import Counts, count_model
 from hwnas.errors import HwnasError
 from hwnas.tabular import (
+    FBNET_OPS,
     NB201_OPS,
+    OFA_DEPTHS,
+    OFA_EXPANDS,
+    OFA_KERNELS,
+    OFA_STAGES,
     FbnetSpace,
     Nb201Space,
     OfaSpace,
@@ -95,6 +100,64 @@ def test_nb201_structure_and_macs():
     assert not space.live_edges(cut[None]).any()
     F = space.features(np.stack([dead, cut]))
     assert F.shape == (2, 72) and np.isfinite(F).all()
+
+
+# --------------------------------------------------------------------------- feature layout
+# The shipped few-shot predictors (predictors/artifacts) were trained on these columns: the
+# vectorised features must equal these plain one-architecture-at-a-time encoders.
+def fbnet_reference_features(space: FbnetSpace, genome) -> list:
+    ops = [int(g) for g in genome]
+    row = [float(op == j) for op in ops for j in range(len(FBNET_OPS))]
+    row += [space.block_macs[b, op] / space.block_macs[b].max() for b, op in enumerate(ops)]
+    row += [ops.count(j) / 22 for j in range(len(FBNET_OPS))]
+    return row + [np.log(space.macs(genome)[0] / space.fixed_macs) / 4]
+
+
+def ofa_slot_macs(kernels, expands, r) -> list:
+    """MACs of all 20 block slots (switched off or not) of OFA-MobileNetV3 at input r x r."""
+    macs, c_in, h = [], 16, -(-r // 2)
+    for c_out, stride, se in OFA_STAGES:
+        for i in range(4):
+            cin, ho = (c_in, -(-h // stride)) if i == 0 else (c_out, h)
+            hidden = cin * expands[len(macs)]
+            k = kernels[len(macs)]
+            macs.append(h * h * cin * hidden + ho * ho * hidden * k * k + ho * ho * hidden * c_out
+                        + (2 * hidden * (hidden // 4) if se else 0))
+            h = ho
+        c_in = c_out
+    return macs
+
+
+def ofa_reference_features(space: OfaSpace, genome) -> list:
+    kernels = [OFA_KERNELS[g] for g in genome[:20]]
+    expands = [OFA_EXPANDS[g] for g in genome[20:40]]
+    depths = [OFA_DEPTHS[g] for g in genome[40:45]]
+    r, r_lo, r_hi = space.resolutions[genome[45]], space.resolutions[0], space.resolutions[-1]
+    active = [slot % 4 < depths[slot // 4] for slot in range(20)]
+    res = (r - r_lo) / max(1, r_hi - r_lo)
+    per_pixel_scale = max(ofa_slot_macs([7] * 20, [6] * 20, r_hi)) / r_hi**2
+    row = [float(on and g == j) for genes in (genome[:20], genome[20:40]) for g, on in zip(genes, active)
+           for j in range(3)]
+    row += [res, res**2] + [float(on) for on in active]
+    row += [float(g == j) for g in genome[40:45] for j in range(3)]
+    row += [m * on / r**2 / per_pixel_scale for m, on in zip(ofa_slot_macs(kernels, expands, r), active)]
+    row += [(d - 2) / 2 for d in depths] + [r / 224]
+    return row + [(np.log(space.macs(genome)[0]) - np.log(5e7)) / 2]
+
+
+@pytest.mark.parametrize("space, reference", [
+    (FbnetSpace(), fbnet_reference_features),
+    (OfaSpace(), ofa_reference_features),
+    (OfaSpace((160, 192, 224)), ofa_reference_features),
+])
+def test_features_keep_the_layout_the_predictors_were_trained_on(space, reference):
+    extremes = [space.space.smallest(), space.space.largest()]
+    G = np.concatenate([extremes, space.space.sample(np.random.default_rng(5), 6)])
+    F = space.features(G)
+    assert F.dtype == np.float32
+    np.testing.assert_allclose(F, np.array([reference(space, g) for g in G]), rtol=1e-6, atol=1e-6)
+    if isinstance(space, OfaSpace):  # the additive (lookup-table) features lead the OFA features
+        np.testing.assert_array_equal(space.additive_features(G), F[:, :122])
 
 
 @needs_data
