@@ -23,7 +23,7 @@ from .backends import BACKENDS, create_backend
 from .registry import DeviceSpec, Samples, check_name, find_device, save_device
 from .spaces import SupernetDeviceSpace, device_space
 
-DEFAULT_SETTINGS = {"batch_size": 32, "threads": 1}
+DEFAULT_SETTINGS = {"batch_size": 32, "threads": 1, "clock": "wall", "statistic": "min"}
 # 15 to 45 timings each (the stopping rule ends early when the timings are steady).
 DEFAULT_TIMING = {"repeats": 15, "max_repeats": 45}
 # Whole sub-networks timed to calibrate the table: the 10 references and 30 seeded random ones
@@ -110,10 +110,11 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
                    threads: Optional[int] = None, home: Optional[os.PathLike] = None,
                    hardware: Optional[str] = None, ray_resource: Optional[str] = None,
                    progress: Optional[Callable[[str], None]] = None, table_timing: Optional[str] = None,
-                   **timing) -> Dict:
+                   clock: Optional[str] = None, statistic: Optional[str] = None, **timing) -> Dict:
     """Measure ``space`` on ``backend`` for device ``name`` and store table + samples in its profile.
 
-    Settings not given come from the existing profile, else batch 32, 1 thread; ``timing``
+    Settings not given come from the existing profile, else batch 32, 1 thread, wall clock,
+    minimum of the runs (the profile keeps them: a run on the device times alike); ``timing``
     (warmup, repeats, max_repeats, rel_ci) goes to the backend. Returns a
     summary: entries and samples counts, noise (median IQR / median), where it ran.
     """
@@ -127,7 +128,8 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
     fields = existing.spec.model_dump() if existing is not None else {"name": name}
     settings = dict(DEFAULT_SETTINGS)
     settings.update({k: fields[k] for k in DEFAULT_SETTINGS if fields.get(k)})
-    settings.update({k: v for k, v in dict(batch_size=batch_size, threads=threads).items() if v is not None})
+    given = dict(batch_size=batch_size, threads=threads, clock=clock, statistic=statistic)
+    settings.update({k: v for k, v in given.items() if v is not None})
     runner_settings = {**settings, **DEFAULT_TIMING, **timing}
     resource = ray_resource or fields.get("ray_resource")
     args = (dspace.name, backend, runner_settings)

@@ -61,6 +61,8 @@ class DeviceSpec(BaseModel):
     batch_size: int = Field(default=1, ge=1)
     threads: Optional[int] = Field(default=None, ge=1)
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    clock: Optional[Literal["wall", "cpu"]] = None  # how a measuring backend timed (hwnas devices measure)
+    statistic: Optional[Literal["min", "median"]] = None
     peak_gflops: Optional[float] = Field(default=None, gt=0)
     bandwidth_gbs: Optional[float] = Field(default=None, gt=0)
     source: str = ""

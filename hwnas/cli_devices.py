@@ -153,14 +153,14 @@ def cmd_measure(args) -> int:
     result = measure_device(args.name, args.space, args.backend, batch_size=args.batch_size, threads=args.threads,
                             home=args.home, hardware=args.hardware, ray_resource=args.ray_resource,
                             progress=None if args.quiet else progress, table_timing=args.table_timing,
-                            **{k: v for k, v in (("clock", args.clock), ("statistic", args.statistic)) if v})
+                            clock=args.clock, statistic=args.statistic)
     if not args.quiet:
         print(file=sys.stderr)
     s = result["settings"]
     where = f"Ray node {result['node']}" if args.ray_resource or result["profile"].spec.ray_resource else "here"
     print(f"measured {result['entries']} lookup-table entries and {result['samples']} reference sub-networks of "
           f"{args.space} on {args.backend} (batch {s['batch_size']}, {s['threads']} thread(s), "
-          f"{args.clock or 'wall'} clock, {args.statistic or 'min'} of the runs) {where}; "
+          f"{s['clock']} clock, {s['statistic']} of the runs) {where}; "
           f"noise (median IQR/median): entries {result['noise_entries']:.1%}, "
           f"sub-networks {result['noise_samples']:.1%}; saved to {result['profile'].path}")
     print(_fit_summary(result["profile"], args.space))

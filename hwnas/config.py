@@ -54,6 +54,9 @@ class SpaceConfig(_Model):
         return self
 
 
+MEASURING_BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda")
+
+
 class DeviceConfig(_Model):
     name: str = Field(min_length=1)
     # How measured costs are taken: a backend on this machine, or "table" (a benchmark table's values).
@@ -268,7 +271,37 @@ def load_config(path: Union[str, Path]) -> ExperimentConfig:
     """Read and validate an experiment YAML; raise ConfigError (one line) on any problem."""
     cfg = parse_config(read_yaml(path), path)
     check_references(cfg, path)
-    return cfg
+    return with_profile_settings(cfg, path)
+
+
+#: Device-block settings a measured profile supplies when the experiment does not set them.
+PROFILE_SETTINGS = ("backend", "batch_size", "threads", "clock", "statistic")
+
+
+def with_profile_settings(cfg: ExperimentConfig, path: Union[str, Path]) -> ExperimentConfig:
+    """Take unset device settings from the device's profile when a local backend measured it.
+
+    The profile's cost model predicts latency as its backend timed it (batch, threads, clock,
+    statistic); a run measuring the same device otherwise would time it differently and
+    measured and predicted values would disagree. Settings the file gives win.
+    """
+    from hwnas.devices.registry import find_device
+
+    devices = []
+    for i, device in enumerate(cfg.devices):
+        profile = find_device(device.name)
+        if profile is None or profile.spec.backend not in MEASURING_BACKENDS:
+            devices.append(device)
+            continue
+        inherited = {k: getattr(profile.spec, k) for k in PROFILE_SETTINGS
+                     if k not in device.model_fields_set and getattr(profile.spec, k, None) is not None}
+        try:
+            devices.append(DeviceConfig.model_validate({**inherited, **device.model_dump(include=device.model_fields_set)}))
+        except ValidationError as exc:
+            key, msg = _format_error(exc.errors()[0])
+            raise ConfigError(path, f"devices[{i}]" + (f".{key}" if key else ""),
+                              f"{msg} (with the settings {inherited} of profile {device.name!r})") from None
+    return cfg.model_copy(update={"devices": devices})
 
 
 def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:

@@ -9,6 +9,18 @@ BENCH = SHARED / "data" / "hwnas-bench"
 FMNIST = SHARED / "data" / "fashion-mnist"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_device_home(tmp_path_factory):
+    """Device profiles of the user running the tests (~/.hwnas) must not change what a test sees."""
+    old = os.environ.get("HWNAS_HOME")
+    os.environ["HWNAS_HOME"] = str(tmp_path_factory.mktemp("hwnas-home"))
+    yield
+    if old is None:
+        os.environ.pop("HWNAS_HOME", None)
+    else:
+        os.environ["HWNAS_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session: ray.init costs seconds and ~650 MB."""

@@ -100,3 +100,39 @@ def test_cli_exit_2_one_line_nothing_written(tmp_path, command, monkeypatch):
 def test_validate_ok(capsys):
     assert main(["validate", str(ROOT / "experiments" / "quickstart.yaml")]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+def _measured_profile(home, name, **settings):
+    from hwnas.devices.registry import DeviceSpec, save_device
+
+    save_device(DeviceSpec(name=name, kind="cpu", backend="torch-cpu", **settings), {}, home)
+
+
+def test_device_settings_come_from_a_measured_profile(tmp_path, monkeypatch):
+    """Unset device settings follow the profile (its predictions were timed that way); set ones win."""
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
+    _measured_profile(tmp_path / "home" / "devices", "box", batch_size=8, threads=1, clock="cpu", statistic="median")
+    data = with_change(["devices"], [{"name": "box"}])
+    data["objectives"]["latency_ms"]["device"] = "box"
+    cfg = load_config(write(tmp_path, data))
+    box = cfg.devices[0]
+    assert (box.backend, box.batch_size, box.threads, box.clock, box.statistic) == ("torch-cpu", 8, 1, "cpu", "median")
+
+    data["devices"] = [{"name": "box", "batch_size": 1, "clock": "wall"}]
+    box = load_config(write(tmp_path, data)).devices[0]
+    assert (box.batch_size, box.clock, box.statistic) == (1, "wall", "median")
+
+    # A file setting that contradicts the inherited ones is named, with the profile's settings.
+    data["devices"] = [{"name": "box", "threads": 2}]
+    with pytest.raises(ConfigError, match=r"devices\[0\].*threads: 1.*'box'"):
+        load_config(write(tmp_path, data))
+
+
+def test_profiles_of_given_samples_leave_device_settings_alone(tmp_path, monkeypatch):
+    from hwnas.devices.registry import DeviceSpec, save_device
+
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
+    save_device(DeviceSpec(name="phone", kind="phone", backend="external", batch_size=4), {}, tmp_path / "home" / "devices")
+    data = with_change(["devices"], [{"name": "phone"}])
+    data["objectives"]["latency_ms"]["device"] = "phone"
+    assert load_config(write(tmp_path, data)).devices[0].batch_size == 1

@@ -329,6 +329,7 @@ def test_measure_builds_table_and_calibrated_model(measured_home, tiny_space, tm
     dspace = device_space(tiny_space)
     assert result["entries"] == len(lut_parts(dspace)) and result["samples"] == N_CALIBRATION
     assert profile.spec.backend == "torch-cpu" and profile.spec.batch_size == 2 and profile.spec.kind == "cpu"
+    assert (profile.spec.clock, profile.spec.statistic) == ("wall", "min")  # how it was timed, for runs on it
     assert profile.file("lut", tiny_space, "json").is_file()
     samples = profile.samples(tiny_space)
     assert samples.archs[:10] == dspace.reference_archs() and len(set(samples.archs)) == N_CALIBRATION
