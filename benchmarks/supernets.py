@@ -75,8 +75,11 @@ def main() -> None:
                 f"{np.median(rnd_acc) * 100:.2f} / {np.max(rnd_acc) * 100:.2f} % | {np.min(rnd_lat):.1f} / "
                 f"{np.median(rnd_lat):.1f} / {np.max(rnd_lat):.1f} ms |")
     settings = net.meta.get("settings", {})
+    epoch_s = [r["seconds"] for r in net.meta.get("history", []) if "seconds" in r]
+    per_epoch = (f"; {min(epoch_s) / 60:.0f}–{max(epoch_s) / 60:.0f} min per epoch, the longer ones while other "
+                 "jobs shared the CPU" if len(epoch_s) > 1 else "")
     trained = (f"{train_s / 60:.0f} min of training ({settings.get('epochs', '?')} epochs, "
-               f"{net.meta.get('train_images', '?')} images, {settings.get('threads', '?')} threads)"
+               f"{net.meta.get('train_images', '?')} images, {settings.get('threads', '?')} threads{per_epoch})"
                if train_s else "training time not recorded in the checkpoint")
     body = f"""
 Supernet {name} (`{net.registry_name}`), data `{args.data}`, {args.split} split; accuracy after BN
