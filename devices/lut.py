@@ -7,14 +7,15 @@ resolution and the slot's stage, never from the other choices.
 
 How parts are timed (the table file's ``method``):
 
-* ``alone`` (the default): each part is a module timed by itself, which leaves out the cache
-  and allocator state of a real run.
-* ``in-context`` (torch backends, :class:`hwnas.devices.backends.SegmentTimer`): every part is
+* ``alone`` (backends that only time whole models): each part is a module timed by itself,
+  which leaves out the cache and allocator state of a real run.
+* ``in-context`` (the default on torch backends, :class:`hwnas.devices.backends.SegmentTimer`): every part is
   timed inside a running network - a few covering sub-networks at full depth, each running
   every slot with another (kernel, expand) choice (a Latin square, so every choice of every
   slot at every resolution runs in ``CONTEXT_ROUNDS`` neighbourhoods); an entry is the
   statistic over its contexts. These parts add up to the whole network, but they carry the
-  full-depth network's state into every sub-network.
+  full-depth network's state into every sub-network, which the calibration below absorbs
+  better than the errors of parts timed alone.
 
 Either table is then calibrated on whole sub-networks measured with it
 (:class:`hwnas.devices.predictors.SupernetCostModel`): one coefficient per stage (and one for

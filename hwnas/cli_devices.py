@@ -217,7 +217,8 @@ def register(subparsers) -> None:
     q.add_argument("--statistic", choices=["min", "median"],
                    help="latency = min (default: reproduces on a shared or virtual machine) or median of the runs")
     q.add_argument("--table-timing", choices=["alone", "in-context"],
-                   help="time the table's parts each alone (default) or inside running networks (torch-cpu)")
+                   help="time the table's parts inside running networks (default where the backend can: "
+                        "torch-cpu) or each alone")
     q.add_argument("--hardware")
     q.add_argument("--ray-resource", help="run on the Ray node holding this custom resource, e.g. device:NAME")
     q.add_argument("--quiet", action="store_true")

@@ -13,7 +13,9 @@ one thread): the search runs them beside measuring jobs. Settings were chosen on
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Sequence
 
 import numpy as np
@@ -164,12 +166,28 @@ def ensemble(random_state: int = 0):
     return MeanEnsemble([ACCURACY_MODELS.create(m, random_state=random_state) for m in ENSEMBLE_MEMBERS])
 
 
+def _gives_std(model) -> bool:
+    return isinstance(model, (ForestWithStd, MeanEnsemble, GaussianProcessRegressor)) or (
+        isinstance(model, Pipeline) and isinstance(model[-1], GaussianProcessRegressor))
+
+
 def predict_with_std(model, X):
     """(mean, std) from a fitted model of :data:`ACCURACY_MODELS`; ValueError if it gives no uncertainty."""
-    if isinstance(model, (ForestWithStd, MeanEnsemble, GaussianProcessRegressor)) or (
-            isinstance(model, Pipeline) and isinstance(model[-1], GaussianProcessRegressor)):
+    if _gives_std(model):
         return model.predict(X, return_std=True)
     raise ValueError(f"{type(model).__name__} gives no uncertainty; use return_std=False")
+
+
+#: Rows below which a prediction stays on the calling thread (threads cost more than they save).
+MIN_ROWS_PER_THREAD = 2048
+
+
+def _threads(n_jobs: int | None) -> int:
+    if n_jobs is None:
+        return 1
+    if n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"n_jobs must be None, -1 or a positive number of threads, got {n_jobs}")
+    return (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
 
 
 class AccuracyPredictor(RegressorMixin, BaseEstimator):
@@ -185,14 +203,17 @@ class AccuracyPredictor(RegressorMixin, BaseEstimator):
     blas_threads : BLAS threads while fitting and predicting (None: leave as is).
     cv : number of folds (capped by the number of samples).
     random_state : seeds every model and the fold split, so a fit is repeatable.
+    n_jobs : threads for predicting a large batch (None: 1, -1: every core). Rows are split
+        into chunks predicted side by side: the trees and BLAS release the GIL.
     """
 
     def __init__(self, models: Sequence[str] = ("ridge", "random_forest", "gradient_boosting", "mlp", "ensemble"),
-                 cv: int = 5, random_state: int = 0, blas_threads: int | None = 1):
+                 cv: int = 5, random_state: int = 0, blas_threads: int | None = 1, n_jobs: int | None = None):
         self.models = models
         self.cv = cv
         self.random_state = random_state
         self.blas_threads = blas_threads
+        self.n_jobs = n_jobs
 
     def fit(self, X, y):
         # GP hyper-parameters at their bounds are expected on few samples. BLAS on one thread:
@@ -234,13 +255,21 @@ class AccuracyPredictor(RegressorMixin, BaseEstimator):
     def predict(self, X, return_std: bool = False):
         check_is_fitted(self, "model_")
         X = check_array(X, dtype=float)
+        if return_std and not _gives_std(self.model_):
+            raise ValueError(f"model {self.model_name_!r} gives no uncertainty; use return_std=False")
+        threads = _threads(self.n_jobs)
+        if threads == 1 or len(X) < MIN_ROWS_PER_THREAD * 2:
+            return self._predict_chunk(X, return_std)
+        chunks = np.array_split(X, min(threads, len(X) // MIN_ROWS_PER_THREAD))
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            parts = list(pool.map(lambda chunk: self._predict_chunk(chunk, return_std), chunks))
+        if return_std:
+            return np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts])
+        return np.concatenate(parts)
+
+    def _predict_chunk(self, X, return_std: bool):
         with limit_blas(self.blas_threads):
-            if not return_std:
-                return self.model_.predict(X)
-            try:
-                return predict_with_std(self.model_, X)
-            except ValueError:
-                raise ValueError(f"model {self.model_name_!r} gives no uncertainty; use return_std=False") from None
+            return predict_with_std(self.model_, X) if return_std else self.model_.predict(X)
 
     def score_kendall(self, X, y) -> float:
         return float(kendalltau(self.predict(X), y).statistic)

@@ -72,6 +72,21 @@ def test_cv_selection_scores_the_ensemble_from_its_members(one_torch_thread):
         AccuracyPredictor().fit(X[:3], y[:3])
 
 
+def test_threaded_prediction_equals_one_thread(one_torch_thread):
+    """Large batches split into row chunks on threads give exactly the one-thread answer."""
+    X, y = toy(80)
+    model = AccuracyPredictor(models=("ensemble",), random_state=0).fit(X, y)
+    Q = np.random.default_rng(1).integers(0, 2, (10_000, 12)).astype(float)
+    mean, std = model.predict(Q, return_std=True)
+    model.set_params(n_jobs=3)
+    mean3, std3 = model.predict(Q, return_std=True)
+    np.testing.assert_array_equal(mean3, mean)
+    np.testing.assert_array_equal(std3, std)
+    np.testing.assert_array_equal(model.predict(Q[:7]), mean[:7])  # small batches stay on the caller's thread
+    with pytest.raises(ValueError, match="n_jobs"):
+        model.set_params(n_jobs=0).predict(Q)
+
+
 def mbv3_space(blocks=6, stages=2):
     return SearchSpace([Choice(f"ks{b}", (3, 5, 7)) for b in range(blocks)]
                        + [Choice(f"e{b}", (3, 4, 6)) for b in range(blocks)]

@@ -334,7 +334,7 @@ def test_measure_builds_table_and_calibrated_model(measured_home, tiny_space, tm
     samples = profile.samples(tiny_space)
     assert samples.archs[:10] == dspace.reference_archs() and len(set(samples.archs)) == N_CALIBRATION
     model = cost_model("tinycpu", tiny_space, root)
-    assert model.method.startswith("per-block lookup table (parts timed alone)") and "per stage" in model.method
+    assert model.method.startswith("per-block lookup table (parts timed in-context)") and "per stage" in model.method
     assert model.labels == {"latency_ms": "fitted", "energy_mJ": "estimated", "power_W": "estimated"}
     genomes = dspace.space.sample(np.random.default_rng(1), 20)
     out = model.predict(genomes)
@@ -373,6 +373,60 @@ def test_supernet_samples_without_table_use_mac_counts(tiny_space, tmp_path):
     assert model.loo_spearman()["latency_ms"] == pytest.approx(1.0)
     out = model.predict_archs(archs)
     np.testing.assert_allclose(out["latency_ms"], [float(r[1]) for r in rows], rtol=1e-4)
+
+
+def test_covering_configs_run_every_choice_of_every_slot_at_every_resolution(tiny_space):
+    from hwnas.devices.lut import CONTEXT_ROUNDS, covering_configs
+
+    net = device_space(tiny_space).supernet
+    kw = net.init_kwargs
+    choices = [(k, e) for k in kw["kernel_sizes"] for e in kw["expand_ratios"]]
+    configs = covering_configs(net)
+    assert len(configs) == CONTEXT_ROUNDS * len(kw["resolutions"]) * len(choices)
+    assert all(c[f"d{i}"] == kw["max_depth"] for c in configs for i in range(net.num_stages))
+    for r in kw["resolutions"]:
+        at_r = [c for c in configs if c["r"] == r]
+        for b in range(len(net.blocks)):
+            runs = sorted((c[f"ks{b}"], c[f"e{b}"]) for c in at_r)
+            assert runs == sorted(choices * CONTEXT_ROUNDS)  # each choice, in CONTEXT_ROUNDS neighbourhoods
+    # across rounds a slot meets other neighbours: the (slot 0, slot 1) pairs differ between rounds
+    half = len(configs) // CONTEXT_ROUNDS
+    pairs = [{(c["ks0"], c["e0"], c["ks1"], c["e1"]) for c in configs[j * half:(j + 1) * half]}
+             for j in range(CONTEXT_ROUNDS)]
+    assert pairs[0] != pairs[1]
+
+
+def test_segment_timer_splits_a_run_where_the_boundaries_run():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    ticks = iter(range(100))
+    timer = backends.SegmentTimer(lambda: model(torch.zeros(1, 8)), [model[1], model[2]], lambda: next(ticks))
+    start = next(ticks)
+    timer()
+    assert timer.segments(start, next(ticks)) == [1, 1, 1]  # call -> ReLU -> Linear -> return
+    timer.close()
+    stray = torch.nn.Linear(8, 8)  # never runs inside the model
+    timer = backends.SegmentTimer(lambda: model(torch.zeros(1, 8)), [stray], lambda: 0.0)
+    timer()
+    with pytest.raises(HwnasError, match="0 of 1 boundaries ran"):
+        timer.segments(0.0, 1.0)
+
+
+def test_table_timing_methods_give_the_same_entries(tiny_space):
+    from hwnas.devices.lut import ALONE, IN_CONTEXT, measure_table, sum_parts
+
+    dspace = device_space(tiny_space)
+    runner = backends.create_backend("torch-cpu", batch_size=2, threads=1, **FAST)
+    alone = measure_table(dspace, runner, method=ALONE)
+    context = measure_table(dspace, runner, method=IN_CONTEXT)
+    assert set(alone) == set(context) == {key for key, _, _ in lut_parts(dspace)}
+    assert all(e["latency_ms"] > 0 for e in [*alone.values(), *context.values()])
+    assert alone[next(iter(alone))]["macs"] == context[next(iter(context))]["macs"]  # same counts either way
+    genomes = dspace.space.sample(np.random.default_rng(0), 5)
+    assert (sum_parts(dspace, {k: e["latency_ms"] for k, e in context.items()}, genomes) > 0).all()
+    with pytest.raises(HwnasError, match="unknown table timing"):
+        measure_table(dspace, runner, method="guess")
+    with pytest.raises(HwnasError, match="needs a backend that times inside a model"):
+        measure_table(dspace, backends.create_backend("onnxruntime-cpu", batch_size=2, threads=1), method=IN_CONTEXT)
 
 
 def test_measure_rejects_tabular_space_and_unknown_backend(capsys):
