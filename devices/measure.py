@@ -161,6 +161,7 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
     if hardware or not fields.get("hardware"):
         fields["hardware"] = hardware or result["hardware"]
     fields["source"] = f"measured with hwnas devices measure ({backend}) on host {result['host']}"
+    fields["host"] = result["host"]
     fields["labels"] = [label for label in fields.get("labels", []) if label != "shipped"]
     fields["spaces"] = {**fields.get("spaces", {}), dspace.slug: dspace.name}
     files = {f"samples-{dspace.slug}.csv": samples,
@@ -173,3 +174,46 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
     return {"profile": profile, "entries": len(result["entries"]), "samples": len(rows),
             "noise_entries": float(np.median(entry_noise)), "noise_samples": float(np.median(sample_noise)),
             "host": result["host"], "node": result["node"], "settings": settings}
+
+
+# --------------------------------------------------------------------------- re-anchoring
+def reanchor_obstacle(model) -> Optional[str]:
+    """Why ``model``'s references cannot be re-timed here (None: they can).
+
+    Possible for a supernet cost model whose profile a local backend measured on this host
+    (not through a Ray node) and whose samples hold the space's reference sub-networks.
+    """
+    from .predictors import SupernetCostModel
+
+    spec = model.profile.spec
+    if profile_obstacle(spec) is not None:
+        return profile_obstacle(spec)
+    if not isinstance(model, SupernetCostModel) or model.samples is None:
+        return "only latency predicted from a supernet lookup table measured by 'hwnas devices measure' can be re-anchored"
+    if not set(model.dspace.reference_archs()) <= set(model.samples.archs):
+        return f"profile {spec.name!r} holds no timings of the space's reference sub-networks"
+    return None
+
+
+def profile_obstacle(spec: DeviceSpec) -> Optional[str]:
+    """Why a device's profile was not measured by a backend on this machine (None: it was)."""
+    if spec.backend not in KIND_OF_BACKEND or spec.ray_resource:
+        return f"profile {spec.name!r} was not measured by a backend on this machine"
+    if spec.host != socket.gethostname():
+        return f"profile {spec.name!r} was measured on host {spec.host or 'unknown'!r}, not on this one"
+    return None
+
+
+def reference_drift(model, settings: dict) -> float:
+    """Latency of the reference sub-networks timed now over their timing in the profile (median ratio).
+
+    ``settings``: the backend settings of the run's device block (batch, threads, clock,
+    statistic, warm-up); timed interleaved, with the repeats of ``hwnas devices measure``.
+    """
+    dspace, samples = model.dspace, model.samples
+    then = dict(zip(samples.archs, samples.values["latency_ms"]))
+    archs = dspace.reference_archs()
+    runner = create_backend(model.profile.spec.backend, **{**settings, **DEFAULT_TIMING})
+    models = [dspace.supernet.extract(dspace.space.decode(dspace.parse_arch(a))) for a in archs]
+    now = [m.latency_ms for m in runner.measure_many([(m, dspace.input_shape) for m in models])]
+    return float(np.median(np.array(now) / np.array([then[a] for a in archs])))

@@ -164,6 +164,7 @@ class SupernetCostModel(CostModel):
                              f"run 'hwnas devices measure {profile.name} --space {dspace.name} --backend torch-cpu'")
         self.energy = energy_table(counts, profile.spec.batch_size, profile.spec.precision)
         self.latency_coef = None  # per-stage coefficients (stem+head, stages..., constant), else a * sum + b
+        self.latency_scale = 1.0  # the machine's drift since the profile was measured (re-anchoring)
         self.latency_fit = (1.0, 0.0)
         self.energy_fit = (1.0, 0.0)
         if samples is not None:
@@ -200,6 +201,7 @@ class SupernetCostModel(CostModel):
         else:
             a, b = self.latency_fit
             latency = a * self._sum(self.table, genomes) + b
+        latency = latency * self.latency_scale
         a, b = self.energy_fit
         energy = a * self._sum(self.energy, genomes) + b
         return {"latency_ms": latency, "energy_mJ": energy, "power_W": energy / latency}

@@ -66,6 +66,7 @@ class DeviceSpec(BaseModel):
     peak_gflops: Optional[float] = Field(default=None, gt=0)
     bandwidth_gbs: Optional[float] = Field(default=None, gt=0)
     source: str = ""
+    host: Optional[str] = None  # the machine a local backend measured on (hwnas devices measure)
     labels: List[str] = []  # e.g. "simulated", "estimated", "shipped"
     ray_resource: Optional[str] = None  # e.g. "device:NAME": measurements run on the Ray node holding it
     spaces: Dict[str, str] = {}  # file slug -> space spec

@@ -70,6 +70,11 @@ class DeviceConfig(_Model):
     # reproduces on a shared CPU (see hwnas.devices.backends).
     clock: Literal["wall", "cpu"] = "wall"
     statistic: Literal["min", "median"] = "min"
+    # Latency predicted from a lookup table measured on this machine: re-time the profile's 10
+    # reference sub-networks when the run starts and scale the predictions by how far the
+    # machine has moved since (a shared CPU drifts by +-5 %). "auto": when the profile was
+    # measured here, with a backend that runs here.
+    reanchor: Union[bool, Literal["auto"]] = "auto"
 
     @model_validator(mode="after")
     def _cpu_clock_single_thread(self):
@@ -287,9 +292,16 @@ def with_profile_settings(cfg: ExperimentConfig, path: Union[str, Path]) -> Expe
     """
     from hwnas.devices.registry import find_device
 
+    from hwnas.devices.measure import profile_obstacle
+
     devices = []
     for i, device in enumerate(cfg.devices):
         profile = find_device(device.name)
+        if device.reanchor is True:
+            obstacle = profile_obstacle(profile.spec) if profile is not None else f"no profile {device.name!r}"
+            if obstacle is not None:
+                raise ConfigError(path, f"devices[{i}].reanchor",
+                                  f"{obstacle}, so its references cannot be re-timed here; allowed: auto, false")
         if profile is None or profile.spec.backend not in MEASURING_BACKENDS:
             devices.append(device)
             continue

@@ -131,12 +131,45 @@ class Experiment:
         from hwnas.devices import cost_model
 
         if metric.device not in self._cost_models:
-            self._cost_models[metric.device] = cost_model(metric.device, self.space_backend.device_space)
+            model = cost_model(metric.device, self.space_backend.device_space)
+            self._reanchor(metric.device, model)
+            self._cost_models[metric.device] = model
         model = self._cost_models[metric.device]
         if metric.metric not in model.metrics:
             raise HwnasError(f"device {metric.device!r} has no {metric.metric} model for this space "
                              f"(it has: {', '.join(model.metrics) or 'none'})")
         return model
+
+    def _reanchor(self, device: str, model) -> None:
+        """Scale a lookup table measured on this machine by how far the machine has moved since.
+
+        The profile's reference sub-networks are timed again (once per run; the factor is
+        stored, so a resume predicts alike). Only where latency is predicted from it.
+        """
+        from hwnas.devices.measure import reanchor_obstacle, reference_drift
+
+        dcfg = next(d for d in self.cfg.devices if d.name == device)
+        predicted = any(m.device == device and m.source == "predicted" and m.metric in ("latency_ms", "power_W")
+                        for m in self.metrics)
+        if dcfg.reanchor is False or not predicted:
+            return
+        obstacle = reanchor_obstacle(model)
+        if obstacle is not None:
+            if dcfg.reanchor is True:
+                raise HwnasError(f"devices: {device}: reanchor: {obstacle}; set reanchor: auto or false")
+            return
+        key = f"latency_scale@{device}"
+        scale = self.store.get_meta(key)
+        if scale is None:
+            settings = dcfg.model_dump(include={"batch_size", "threads", "warmup", "clock", "statistic"})
+            scale = reference_drift(model, settings)
+            self.store.set_meta(key, scale)
+        model.latency_scale = float(scale)
+
+    def latency_scales(self) -> Dict[str, float]:
+        """Device -> the re-anchoring factor applied to its predicted latency in this run."""
+        return {d.name: float(self.store.get_meta(f"latency_scale@{d.name}")) for d in self.cfg.devices
+                if self.store.get_meta(f"latency_scale@{d.name}") is not None}
 
     def estimated_keys(self) -> List[str]:
         """Metrics whose values are analytical estimates (energy/power of a device without measured energy)."""

@@ -188,6 +188,9 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     ]
     if estimated:
         lines.append(f"- estimated: {', '.join(estimated)} are {ESTIMATE_NOTE}")
+    for device, scale in exp.latency_scales().items():
+        lines.append(f"- re-anchored: {device}'s reference sub-networks timed at the start of the run took "
+                     f"{scale:.3f} x their time in the profile; its predicted latency is scaled by that")
     lines += [
         "",
         "## Pareto front",

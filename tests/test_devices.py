@@ -565,3 +565,59 @@ def test_ofa_supernet_predictions_rank_the_tables_measurements():
     genomes = np.stack([sup.parse_arch(bench.arch_ids[i]) for i in rows])
     predicted = cost_model("v100_32", "ofa_mbv3_w1").predict(genomes)["latency_ms"]
     assert spearmanr(predicted, bench.values("v100_32")[rows])[0] > 0.8
+
+
+def test_run_reanchors_a_table_measured_on_this_machine(measured_home, tiny_space, tmp_path, monkeypatch, capsys):
+    """A run predicting latency from a table measured here re-times the references once and scales by them."""
+    import yaml
+
+    from hwnas.store import ResultsStore
+
+    root, _ = measured_home
+    monkeypatch.setenv("HWNAS_HOME", str(root.parent))
+    supernet, _, checkpoint = tiny_space.partition(":")
+
+    def run(name, **device):
+        cfg = {"name": name, "space": {"supernet": supernet, "checkpoint": checkpoint},
+               "devices": [{"name": "tinycpu", "warmup": 1, **device}],
+               "objectives": {"latency_ms": {"goal": "min", "source": "predicted"}, "params": "min"},
+               "strategy": {"name": "random", "population": 8, "generations": 1, "seed": 0}, "measure_front": False}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        code = main(["run", str(path), "--out", str(tmp_path / name), "--quiet"])
+        return code, tmp_path / name
+
+    model = cost_model("tinycpu", tiny_space, root)
+    code, out = run("anchored")
+    assert code == 0
+    store = ResultsStore(out / "results.sqlite")
+    scale = store.get_meta("latency_scale@tinycpu")
+    assert 0.2 < scale < 5  # the same machine, moments apart
+    cands = store.candidates()
+    predicted = np.array([c.predicted["latency_ms"] for c in cands])
+    np.testing.assert_allclose(predicted, scale * model.predict(np.array([c.genome for c in cands]))["latency_ms"])
+    assert f"re-anchored: tinycpu's reference sub-networks timed at the start of the run took {scale:.3f} x" \
+        in (out / "report.md").read_text()
+
+    code, out = run("as-measured", reanchor=False)
+    store = ResultsStore(out / "results.sqlite")
+    assert code == 0 and store.get_meta("latency_scale@tinycpu") is None
+    cands = store.candidates()
+    np.testing.assert_allclose([c.predicted["latency_ms"] for c in cands],
+                               model.predict(np.array([c.genome for c in cands]))["latency_ms"])
+
+
+@requires(BENCH / "nb201.csv.gz")
+def test_reanchor_needs_a_profile_measured_here(tmp_path, capsys):
+    """reanchor: true on a device whose samples were given (not timed here): one line, exit 2, nothing run."""
+    import yaml
+
+    cfg = {"name": "x", "space": {"table": str(BENCH / "nb201.csv.gz"), "tabular_space": "nb201"},
+           "data": "cifar10", "devices": [{"name": "pixel3", "backend": "table", "reanchor": True}],
+           "objectives": {"accuracy": "max", "latency_ms": {"goal": "min", "source": "predicted"}}}
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "devices[0].reanchor" in err and "allowed: auto, false" in err
+    assert not (tmp_path / "run").exists()
