@@ -254,3 +254,30 @@ def test_sandwich_training_lowers_the_loss(family, optimizer, lr, steps, data):
     assert (after < before - 0.25).all(), (before, after)
     accuracy = subnet_accuracy(net, net.largest_config(), data, calib_images=500)
     assert accuracy > 0.2  # twice chance, after a few dozen steps
+
+
+@pytest.mark.parametrize("family,name", [("resnet", "elastic_resnet"), ("vit", "elastic_vit")])
+def test_an_experiment_searches_this_family(family, name, tmp_path):
+    """An experiment YAML names the family's registered supernet and a checkpoint; the search runs end to end."""
+    import csv
+    import json
+
+    import yaml
+
+    from hwnas.cli import main
+
+    checkpoint = supernets.save_checkpoint(build(family), tmp_path / f"{name}.pt")
+    cfg = {"name": name, "space": {"supernet": name, "checkpoint": str(checkpoint)}, "data": "fmnist-mini",
+           "devices": [{"name": "local-cpu", "batch_size": 4, "warmup": 1, "repeats": 3}],
+           "objectives": {"accuracy": {"goal": "max", "source": "predicted"}, "latency_ms": "min", "params": "min"},
+           "strategy": {"population": 4, "generations": 2, "seed": 0, "initial_samples": 6},
+           "accuracy_eval": {"calib_images": 32, "images": 64}}
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    with open(tmp_path / "run" / "front.csv") as f:
+        front = list(csv.DictReader(f))
+    assert front and all(r["accuracy_source"] == "measured" and float(r["params"]) > 0 for r in front)
+    net = build(family)
+    for r in front:  # the params the run measured are those of the sub-network it names
+        assert float(r["params"]) == n_params(net.extract(json.loads(r["config"])))
