@@ -31,42 +31,45 @@ def _layout(space: SearchSpace):
 def elastic_mbv3_features(space: SearchSpace, genomes) -> np.ndarray:
     """Features of genomes of an elastic MobileNetV3 space (``ks<b>``, ``e<b>``, ``d<i>``, ``r``).
 
-    Vectorised (no per-row Python); float32. Genomes that differ only in switched-off
-    slots get identical features.
+    Vectorised (no per-row Python); float32, written in place (one-hots by scatter).
+    Genomes that differ only in switched-off slots get identical features.
     """
     ks, es, ds, ri = _layout(space)
     G = np.atleast_2d(np.asarray(genomes, dtype=np.int64))
     if G.ndim != 2 or G.shape[1] != space.n_var:
         raise HwnasError(f"genomes must have shape (n, {space.n_var}), got {np.shape(genomes)}")
     var = space.variables
+    if ((G < 0) | (G >= np.array([len(v.options) for v in var]))).any():
+        raise HwnasError(f"genes out of range for space {space.name!r}")
     n, n_blocks, n_stages = len(G), len(ks), len(ds)
     max_depth = n_blocks // n_stages
     k_opts, e_opts = np.asarray(var[ks[0]].options, float), np.asarray(var[es[0]].options, float)
     d_opts, r_opts = np.asarray(var[ds[0]].options, float), np.asarray(var[ri].options, float)
-    depth = d_opts[G[:, ds]]  # (n, S)
-    active = (np.arange(max_depth)[None, None, :] < depth[:, :, None]).reshape(n, n_blocks)
-    gk, ge = G[:, ks], G[:, es]
-    onehot_k = (gk[:, :, None] == np.arange(len(k_opts))) & active[:, :, None]
-    onehot_e = (ge[:, :, None] == np.arange(len(e_opts))) & active[:, :, None]
-    onehot_d = G[:, ds][:, :, None] == np.arange(len(d_opts))
-    onehot_r = G[:, [ri]] == np.arange(len(r_opts))
+    nk, ne, nd, nr = len(k_opts), len(e_opts), len(d_opts), len(r_opts)
+    gk, ge, gd, gr = G[:, ks], G[:, es], G[:, ds], G[:, ri]
+    active = (np.arange(max_depth) < d_opts[gd][:, :, None]).reshape(n, n_blocks)
+    # Columns: k one-hots per slot (zero when off), e one-hots per slot, d one-hots per stage, r one-hot,
+    # per-stage k counts, per-stage e counts, active fraction, scaled resolution, log compute proxy.
+    sizes = [n_blocks * nk, n_blocks * ne, n_stages * nd, nr, n_stages * nk, n_stages * ne, 1, 1, 1]
+    start = np.concatenate([[0], np.cumsum(sizes)])
+    out = np.zeros((n, int(start[-1])), np.float32)
+    flat, row = out.reshape(-1), (np.arange(n) * out.shape[1])[:, None]
+    flat[row + start[0] + np.arange(n_blocks) * nk + gk] = active
+    flat[row + start[1] + np.arange(n_blocks) * ne + ge] = active
+    flat[row + start[2] + np.arange(n_stages) * nd + gd] = 1
+    flat[row[:, 0] + start[3] + gr] = 1
     # Per stage: how many active blocks use each kernel / expand option.
-    per_stage_k = onehot_k.reshape(n, n_stages, max_depth, -1).sum(2) / max_depth
-    per_stage_e = onehot_e.reshape(n, n_stages, max_depth, -1).sum(2) / max_depth
-    r = r_opts[G[:, ri]]
-    r_scaled = (r - r_opts.min()) / max(np.ptp(r_opts), 1.0)
+    for b, size, g in ((0, nk, gk), (1, ne, ge)):
+        counts = np.stack([((g == o) & active).reshape(n, n_stages, max_depth).sum(2) for o in range(size)], -1)
+        out[:, start[4 + b]:start[5 + b]] = counts.reshape(n, -1) / max_depth
+    r = r_opts[gr]
+    out[:, start[6]] = active.sum(1) / n_blocks
+    out[:, start[7]] = (r - r_opts.min()) / max(np.ptp(r_opts), 1.0)
     # Compute proxy: active depthwise work ~ sum(e * k^2) at the input resolution squared.
     work = (e_opts[ge] * k_opts[gk] ** 2 * active).sum(1) * (r / r_opts.max()) ** 2
     work_max = n_blocks * e_opts.max() * k_opts.max() ** 2
-    return np.concatenate(
-        [
-            onehot_k.reshape(n, -1), onehot_e.reshape(n, -1), onehot_d.reshape(n, -1), onehot_r,
-            per_stage_k.reshape(n, -1), per_stage_e.reshape(n, -1),
-            (active.sum(1, keepdims=True) / n_blocks), r_scaled[:, None],
-            np.log(np.maximum(work, 1e-9) / work_max)[:, None] / 4.0,
-        ],
-        1,
-    ).astype(np.float32)
+    out[:, start[8]] = np.log(np.maximum(work, 1e-9) / work_max) / 4.0
+    return out
 
 
 def predictor_features(space: SearchSpace):

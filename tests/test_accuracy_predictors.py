@@ -113,6 +113,42 @@ def test_elastic_features_ignore_switched_off_slots():
         elastic_mbv3_features(space, np.zeros((2, 3), dtype=int))
 
 
+def reference_features(space, genome) -> np.ndarray:
+    """Per-row, plain-Python statement of the elastic MobileNetV3 feature layout (pins the vectorised one)."""
+    opts = {v.name: v.options for v in space.variables}
+    g = dict(zip(opts, (int(x) for x in genome)))
+    n_stages = sum(name.startswith("d") for name in opts)
+    n_blocks = sum(name.startswith("ks") for name in opts)
+    depth = n_blocks // n_stages
+    K, E, D, R = opts["ks0"], opts["e0"], opts["d0"], opts["r"]
+    on = [b % depth < D[g[f"d{b // depth}"]] for b in range(n_blocks)]
+    f = [float(on[b] and g[f"ks{b}"] == i) for b in range(n_blocks) for i in range(len(K))]
+    f += [float(on[b] and g[f"e{b}"] == i) for b in range(n_blocks) for i in range(len(E))]
+    f += [float(g[f"d{s}"] == i) for s in range(n_stages) for i in range(len(D))]
+    f += [float(g["r"] == i) for i in range(len(R))]
+    for gene, options in (("ks", K), ("e", E)):
+        f += [sum(on[b] and g[f"{gene}{b}"] == i for b in range(s * depth, (s + 1) * depth)) / depth
+              for s in range(n_stages) for i in range(len(options))]
+    r = R[g["r"]]
+    f += [sum(on) / n_blocks, (r - min(R)) / max(max(R) - min(R), 1.0)]
+    work = sum(E[g[f"e{b}"]] * K[g[f"ks{b}"]] ** 2 for b in range(n_blocks) if on[b]) * (r / max(R)) ** 2
+    f.append(np.log(max(work, 1e-9) / (n_blocks * max(E) * max(K) ** 2)) / 4.0)
+    return np.array(f, dtype=np.float32)
+
+
+@pytest.mark.parametrize("blocks,stages", [(6, 2), (12, 3)])
+def test_elastic_features_equal_a_per_row_reference(blocks, stages):
+    space = mbv3_space(blocks, stages)
+    G = space.sample(np.random.default_rng(blocks), 300)
+    G = np.vstack([G, space.smallest(), space.largest()])
+    F = elastic_mbv3_features(space, G)
+    np.testing.assert_array_equal(F, np.stack([reference_features(space, g) for g in G]))
+    with pytest.raises(HwnasError, match="out of range"):
+        elastic_mbv3_features(space, np.where(np.arange(space.n_var) == 0, 3, G[0]))
+    with pytest.raises(HwnasError, match="out of range"):
+        elastic_mbv3_features(space, np.where(np.arange(space.n_var) == 0, -1, G[0]))
+
+
 def read(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
