@@ -598,6 +598,18 @@ def test_run_reanchors_a_table_measured_on_this_machine(measured_home, tiny_spac
     np.testing.assert_allclose(predicted, scale * model.predict(np.array([c.genome for c in cands]))["latency_ms"])
     assert f"re-anchored: tinycpu's reference sub-networks timed at the start of the run took {scale:.3f} x" \
         in (out / "report.md").read_text()
+    # a resume takes the stored factor: nothing is timed again, the predictions stay the same
+    from hwnas.devices import measure
+    from hwnas.pipeline import Experiment, load_run_config
+
+    monkeypatch.setattr(measure, "reference_drift", lambda *a: pytest.fail("references timed again on resume"))
+    exp = Experiment(load_run_config(out), out)
+    try:
+        assert exp._device_cost_model(next(m for m in exp.metrics if m.metric == "latency_ms")).latency_scale == scale
+    finally:
+        exp.close()
+    monkeypatch.undo()
+    monkeypatch.setenv("HWNAS_HOME", str(root.parent))
 
     code, out = run("as-measured", reanchor=False)
     store = ResultsStore(out / "results.sqlite")
