@@ -8,11 +8,13 @@ import sys
 import numpy as np
 import pytest
 from scipy.stats import kendalltau
+from sklearn.base import clone
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 
 from conftest import BENCH, ROOT, requires
 from hwnas.errors import HwnasError
 from hwnas.predictors import ACCURACY_MODELS, AccuracyPredictor
-from hwnas.predictors.accuracy import ENSEMBLE_MEMBERS, predict_with_std
+from hwnas.predictors.accuracy import BLOCK_ROWS, ENSEMBLE_MEMBERS, predict_with_std
 from hwnas.predictors.features import elastic_mbv3_features
 from hwnas.space import Choice, SearchSpace
 
@@ -44,8 +46,9 @@ def test_every_model_follows_the_sklearn_contract(name, one_torch_thread):
     else:
         with pytest.raises(ValueError, match="no uncertainty"):
             predict_with_std(model, X[90:])
-    # Same seed, same fit.
+    # Same seed, same fit; a clone fits alike.
     again = ACCURACY_MODELS.create(name, random_state=0).fit(X[:90], y[:90]).predict(X[90:])
+    np.testing.assert_allclose(clone(model).fit(X[:90], y[:90]).predict(X[90:]), pred, rtol=1e-6)
     np.testing.assert_allclose(again, pred, rtol=1e-6)
 
 
@@ -72,19 +75,40 @@ def test_cv_selection_scores_the_ensemble_from_its_members(one_torch_thread):
         AccuracyPredictor().fit(X[:3], y[:3])
 
 
-def test_threaded_prediction_equals_one_thread(one_torch_thread):
-    """Large batches split into row chunks on threads give exactly the one-thread answer."""
+@pytest.mark.parametrize("name", ["ensemble", "random_forest"])
+def test_threaded_prediction_equals_one_thread(name, one_torch_thread):
+    """Large batches, predicted in row blocks on threads, give exactly the one-thread answer."""
     X, y = toy(80)
-    model = AccuracyPredictor(models=("ensemble",), random_state=0).fit(X, y)
-    Q = np.random.default_rng(1).integers(0, 2, (10_000, 12)).astype(float)
+    model = AccuracyPredictor(models=(name,), random_state=0, n_jobs=None).fit(X, y)
+    Q = np.random.default_rng(1).integers(0, 2, (3 * BLOCK_ROWS - 5, 12)).astype(float)
     mean, std = model.predict(Q, return_std=True)
-    model.set_params(n_jobs=3)
-    mean3, std3 = model.predict(Q, return_std=True)
-    np.testing.assert_array_equal(mean3, mean)
-    np.testing.assert_array_equal(std3, std)
-    np.testing.assert_array_equal(model.predict(Q[:7]), mean[:7])  # small batches stay on the caller's thread
+    for n_jobs in (2, 3, -1):
+        mean_t, std_t = model.set_params(n_jobs=n_jobs).predict(Q, return_std=True)
+        np.testing.assert_array_equal(mean_t, mean)
+        np.testing.assert_array_equal(std_t, std)
+    np.testing.assert_array_equal(model.predict(Q.astype(np.float32)), mean)  # float32 in: the same answer
+    # A small batch is one block: float32 matrix products of another size may round differently.
+    np.testing.assert_allclose(model.predict(Q[:7]), mean[:7], rtol=1e-9)
+    assert AccuracyPredictor().n_jobs == 2  # large batches use both cores unless told otherwise
     with pytest.raises(ValueError, match="n_jobs"):
         model.set_params(n_jobs=0).predict(Q)
+
+
+def test_fast_predict_paths_equal_the_reference_computation(one_torch_thread):
+    """Forest and boosting sum their trees exactly as scikit-learn does; the stacked MLP pass
+    matches the members' own (float64) predictions."""
+    X, y = toy(200, seed=3)
+    Q = np.random.default_rng(2).integers(0, 2, (5000, 12)).astype(float)
+    forest = ACCURACY_MODELS.create("random_forest", random_state=0).fit(X, y)
+    np.testing.assert_array_equal(forest.predict(Q), RandomForestRegressor.predict(forest, Q))
+    boost = ACCURACY_MODELS.create("gradient_boosting", random_state=0).fit(X, y)
+    assert len(boost.estimators_) > 100
+    np.testing.assert_array_equal(boost.predict(Q), GradientBoostingRegressor.predict(boost, Q))
+    mlps = ACCURACY_MODELS.create("mlp", random_state=0).fit(X, y)
+    reference = np.stack([m.predict(Q) for m in mlps.members_])
+    np.testing.assert_allclose(mlps._all(Q), reference, rtol=0, atol=1e-5 * y.std())
+    np.testing.assert_allclose(mlps.predict(Q), reference.mean(0), rtol=0, atol=1e-5 * y.std())
+    assert np.abs(reference - reference.mean(0)).max() > 1e-3  # the members differ: a mix-up would show
 
 
 def mbv3_space(blocks=6, stages=2):
