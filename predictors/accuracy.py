@@ -6,9 +6,10 @@ give uncertainty (Gaussian process, random forest, MLP, ensemble) answer
 ``predict(X, return_std=True)``; every model's ``fit`` returns the model.
 
 Every model fits on one thread (``n_jobs=1``, and :class:`AccuracyPredictor` limits BLAS to
-one thread): the search fits them beside measuring jobs. :class:`AccuracyPredictor` predicts a
-batch of more than ``BLOCK_ROWS`` rows on 2 threads by default (``n_jobs``). Settings were chosen on NB201
-(seed 0) and checked on measured supernet sub-networks (benchmarks/accuracy_predictors.py).
+one thread): the search fits them beside measuring jobs. :class:`AccuracyPredictor` predicts
+a batch of more than ``BLOCK_ROWS`` rows on 2 threads by default (``n_jobs``). Settings were
+chosen on NB201 (seed 0) and checked on measured supernet sub-networks, for rank quality and
+prediction rate (benchmarks/accuracy_predictors.py).
 """
 
 from __future__ import annotations
