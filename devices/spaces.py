@@ -57,7 +57,9 @@ def space_slug(spec: str) -> str:
     name, _, path = spec.partition(":")
     if not path:
         return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    digest = hashlib.sha1(str(Path(path).expanduser().resolve()).encode()).hexdigest()[:8]
+    from hwnas.supernets import checkpoint_path
+
+    digest = hashlib.sha1(str(checkpoint_path(path).resolve()).encode()).hexdigest()[:8]
     return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{digest}"
 
 
@@ -112,7 +114,7 @@ class SupernetDeviceSpace(DeviceSpace):
             from hwnas import supernets
 
             if self.checkpoint:
-                self._supernet = supernets.load_checkpoint(Path(self.checkpoint).expanduser())
+                self._supernet = supernets.load_checkpoint(supernets.checkpoint_path(self.checkpoint))
             elif self.supernet_name == supernets.DEFAULT_SUPERNET and supernets.DEFAULT_CHECKPOINT.is_file():
                 self._supernet = supernets.load_checkpoint(supernets.DEFAULT_CHECKPOINT)
             else:

@@ -44,9 +44,14 @@ def load_train_config(path: Path) -> TrainConfig:
 
 
 def cmd_list(args) -> int:
-    from hwnas.supernets import names
+    from hwnas.supernets import SHIPPED_CHECKPOINTS, load_checkpoint_header, names
 
     print("\n".join(names()))
+    shipped = [(n, p) for n, p in SHIPPED_CHECKPOINTS.items() if p.is_file()]
+    if shipped:
+        print("\nshipped checkpoints (space.checkpoint, or CHECKPOINT of 'hwnas supernet eval'):")
+        for name, path in shipped:
+            print(f"  {name:12s} {load_checkpoint_header(path)[0]:14s} {path.name}")
     return 0
 
 
@@ -114,11 +119,11 @@ def cmd_eval(args) -> int:
     import numpy as np
     import torch
 
-    from hwnas.supernets import load_checkpoint, subnet_accuracy
+    from hwnas.supernets import checkpoint_path, load_checkpoint, subnet_accuracy
     from hwnas.supernets.datasets import load_dataset
 
     torch.set_num_threads(args.threads)
-    net = load_checkpoint(args.checkpoint)
+    net = load_checkpoint(checkpoint_path(args.checkpoint))
     data = load_dataset(args.data)
     results = []
     for label, config in parse_config_list(args.configs, net, args.seed):
@@ -169,7 +174,7 @@ def register(sub) -> None:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
     e = s.add_parser("eval", help="accuracy of sub-networks after BN recalibration")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint file, or a shipped one by name: default, fmnist_mbv3")
     e.add_argument("--data", default="fmnist-mini", help="fmnist-mini | fashion-mnist:PATH | mnist:PATH")
     e.add_argument("--configs", default="largest,smallest,random:20")
     e.add_argument("--split", default="test", choices=["val", "test"])

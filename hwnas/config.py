@@ -322,7 +322,7 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
     Relative paths are taken from the current directory, as on the command line.
     """
     if cfg.space.supernet is not None:
-        from hwnas.supernets import DEFAULT_SUPERNET
+        from hwnas.supernets import DEFAULT_SUPERNET, SHIPPED_CHECKPOINTS, checkpoint_path
         from hwnas.supernets import names as supernet_names
 
         known = supernet_names()
@@ -332,8 +332,9 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
             raise ConfigError(path, "space.checkpoint", f"the shipped checkpoint holds {DEFAULT_SUPERNET}, not "
                                                         f"{cfg.space.supernet}; give a checkpoint file (from 'hwnas "
                                                         f"supernet train' or 'hwnas supernet import')")
-        if cfg.space.checkpoint != "default" and not Path(cfg.space.checkpoint).is_file():
-            raise ConfigError(path, "space.checkpoint", f"no such file {cfg.space.checkpoint!r}; give a path or 'default'")
+        if not checkpoint_path(cfg.space.checkpoint).is_file():
+            raise ConfigError(path, "space.checkpoint", f"no such file {cfg.space.checkpoint!r}; give a path or a "
+                                                        f"shipped checkpoint ({', '.join(SHIPPED_CHECKPOINTS)})")
         if cfg.space.checkpoint != "default":
             _check_checkpoint(cfg, path)
         name, _, folder = cfg.data.partition(":")
@@ -351,10 +352,10 @@ DATASETS = {"fmnist-mini": False, "fashion-mnist": True, "mnist": True}  # name 
 
 def _check_checkpoint(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
     """The checkpoint holds the named supernet, and that supernet takes the data's one channel."""
-    from hwnas.supernets import load_checkpoint_header
+    from hwnas.supernets import checkpoint_path, load_checkpoint_header
 
     try:
-        name, kwargs = load_checkpoint_header(cfg.space.checkpoint)
+        name, kwargs = load_checkpoint_header(checkpoint_path(cfg.space.checkpoint))
     except HwnasError as err:
         raise ConfigError(path, "space.checkpoint", str(err)) from None
     if name != cfg.space.supernet:

@@ -325,9 +325,9 @@ class SupernetSpace:
 
 
 def _resolve_checkpoint(cfg: ExperimentConfig) -> str:
-    from hwnas.supernets import DEFAULT_CHECKPOINT
+    from hwnas.supernets import checkpoint_path
 
-    return str(DEFAULT_CHECKPOINT) if cfg.space.checkpoint == "default" else cfg.space.checkpoint
+    return str(checkpoint_path(cfg.space.checkpoint))
 
 
 class TableSpace:

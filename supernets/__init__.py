@@ -26,8 +26,16 @@ from .report import cpu_latency_ms, tradeoff_report
 from .train import TrainResult, TrainSettings, train_supernet
 
 SUPERNETS = Registry("supernet")
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default_mbv3.pt"
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "default_mbv3.pt"
 DEFAULT_SUPERNET = "elastic_mbv3"  # what DEFAULT_CHECKPOINT holds
+#: Checkpoints shipped in the package, by the name an experiment or a command may give instead of a path.
+SHIPPED_CHECKPOINTS = {"default": DEFAULT_CHECKPOINT, "fmnist_mbv3": CHECKPOINT_DIR / "fmnist_mbv3.pt"}
+
+
+def checkpoint_path(checkpoint) -> Path:
+    """The file of a shipped checkpoint's name (``default``, ``fmnist_mbv3``), else the path as given."""
+    return SHIPPED_CHECKPOINTS.get(str(checkpoint), Path(checkpoint).expanduser())
 CHECKPOINT_KEYS = ("name", "kwargs", "state_dict", "meta")
 
 
@@ -119,7 +127,7 @@ def load_default() -> Supernet:
 __all__ = [
     "ElasticResNet",
     "ElasticViT",
-    "SUPERNETS", "DEFAULT_CHECKPOINT", "DEFAULT_SUPERNET", "Supernet", "ElasticMobileNetV3", "OFAMobileNetV3",
+    "SUPERNETS", "DEFAULT_CHECKPOINT", "DEFAULT_SUPERNET", "SHIPPED_CHECKPOINTS", "checkpoint_path", "Supernet", "ElasticMobileNetV3", "OFAMobileNetV3",
     "OFA_MBV3_W1", "DatasetSplits", "create", "names",
     "save_checkpoint", "load_checkpoint", "load_checkpoint_header", "load_default", "checkpoint_dict",
     "supernet_from_dict", "load_dataset",

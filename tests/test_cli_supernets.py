@@ -113,3 +113,32 @@ def test_import_rejects_bad_input_and_writes_nothing(tmp_path, capsys, content, 
     assert fragment in err and len(err.splitlines()) == 1
     assert layout == "caffe" or str(source) in err
     assert not out.parent.exists()
+
+
+def test_shipped_checkpoints_by_name(tmp_path, capsys):
+    """'fmnist_mbv3' names the shipped Fashion-MNIST supernet wherever a checkpoint path is taken."""
+    from hwnas.config import load_config
+    from hwnas.devices.spaces import space_slug
+    from hwnas.supernets import SHIPPED_CHECKPOINTS, checkpoint_path
+
+    assert main(["supernets", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "fmnist_mbv3  elastic_mbv3" in listed and "default      elastic_mbv3" in listed
+    path = SHIPPED_CHECKPOINTS["fmnist_mbv3"]
+    assert checkpoint_path("fmnist_mbv3") == path and checkpoint_path(str(tmp_path / "x.pt")) == tmp_path / "x.pt"
+    # a device profile measured on the path serves a run that names the checkpoint
+    assert space_slug("elastic_mbv3:fmnist_mbv3") == space_slug(f"elastic_mbv3:{path}")
+
+    report = tmp_path / "eval.json"
+    assert main(["supernet", "eval", "fmnist_mbv3", "--configs", "smallest", "--calib-images", "200",
+                 "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["configs"][0]["accuracy"] > 0.8  # trained on the full training split
+
+    experiment = tmp_path / "e.yaml"
+    experiment.write_text(yaml.safe_dump({"space": {"supernet": "elastic_mbv3", "checkpoint": "fmnist_mbv3"},
+                                          "objectives": {"accuracy": "max", "latency_ms": "min"}}))
+    assert load_config(experiment).space.checkpoint == "fmnist_mbv3"
+    experiment.write_text(yaml.safe_dump({"space": {"supernet": "elastic_resnet", "checkpoint": "fmnist_mbv3"},
+                                          "objectives": {"accuracy": "max", "latency_ms": "min"}}))
+    assert main(["validate", str(experiment)]) == 2
+    assert "holds a 'elastic_mbv3' supernet, not 'elastic_resnet'" in capsys.readouterr().err
