@@ -186,8 +186,9 @@ def reanchor_obstacle(model) -> Optional[str]:
     from .predictors import SupernetCostModel
 
     spec = model.profile.spec
-    if profile_obstacle(spec) is not None:
-        return profile_obstacle(spec)
+    obstacle = profile_obstacle(spec)
+    if obstacle is not None:
+        return obstacle
     if not isinstance(model, SupernetCostModel) or model.samples is None:
         return "only latency predicted from a supernet lookup table measured by 'hwnas devices measure' can be re-anchored"
     if not set(model.dspace.reference_archs()) <= set(model.samples.archs):

@@ -168,8 +168,8 @@ class Experiment:
 
     def latency_scales(self) -> Dict[str, float]:
         """Device -> the re-anchoring factor applied to its predicted latency in this run."""
-        return {d.name: float(self.store.get_meta(f"latency_scale@{d.name}")) for d in self.cfg.devices
-                if self.store.get_meta(f"latency_scale@{d.name}") is not None}
+        scales = {d.name: self.store.get_meta(f"latency_scale@{d.name}") for d in self.cfg.devices}
+        return {name: float(scale) for name, scale in scales.items() if scale is not None}
 
     def estimated_keys(self) -> List[str]:
         """Metrics whose values are analytical estimates (energy/power of a device without measured energy)."""
