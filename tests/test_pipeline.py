@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import BENCH, requires
+from conftest import BENCH, FMNIST, requires
 from hwnas.cli import main
 
 SMALL = dict(stem_width=8, stage_widths=(8, 16), stage_strides=(1, 2), stage_se=(False, True), head_width=32)
@@ -222,3 +222,20 @@ def test_two_devices_each_with_its_own_budgets(tmp_path):
     # a budget that binds on one device only: some candidates were kept off the front by gold_6240 alone
     cands = read_csv(tmp_path / "run" / "candidates.csv")
     assert any(float(c["latency_ms@gold_6240"]) > 10 and float(c["latency_ms@pixel3"]) <= 12 for c in cands)
+
+
+@requires(FMNIST)
+def test_fmnist_experiment_at_reduced_size(tmp_path):
+    """experiments/fmnist_mbv3.yaml (the shipped Fashion-MNIST supernet, by name) searches, only smaller."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "experiments" / "fmnist_mbv3.yaml").read_text())
+    assert cfg["space"]["checkpoint"] == "fmnist_mbv3"
+    cfg["data"] = f"fashion-mnist:{FMNIST}"
+    cfg["strategy"].update(population=4, generations=1, initial_samples=6)
+    cfg["accuracy_eval"].update(images=200, calib_images=100)
+    path = tmp_path / "fmnist-small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    front = read_csv(tmp_path / "run" / "front.csv")
+    assert front and all(r["accuracy_source"] == "measured" for r in front)
+    assert max(float(r["accuracy"]) for r in front) > 0.85  # the full-data supernet, not the mini one
