@@ -290,9 +290,8 @@ def with_profile_settings(cfg: ExperimentConfig, path: Union[str, Path]) -> Expe
     statistic); a run measuring the same device otherwise would time it differently and
     measured and predicted values would disagree. Settings the file gives win.
     """
-    from hwnas.devices.registry import find_device
-
     from hwnas.devices.measure import profile_obstacle
+    from hwnas.devices.registry import find_device
 
     devices = []
     for i, device in enumerate(cfg.devices):
@@ -322,21 +321,16 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
     Relative paths are taken from the current directory, as on the command line.
     """
     if cfg.space.supernet is not None:
-        from hwnas.supernets import DEFAULT_SUPERNET, SHIPPED_CHECKPOINTS, checkpoint_path
+        from hwnas.supernets import SHIPPED_CHECKPOINTS, checkpoint_path
         from hwnas.supernets import names as supernet_names
 
         known = supernet_names()
         if cfg.space.supernet not in known:
             raise ConfigError(path, "space.supernet", f"unknown supernet {cfg.space.supernet!r}; allowed: {', '.join(known)}")
-        if cfg.space.checkpoint == "default" and cfg.space.supernet != DEFAULT_SUPERNET:
-            raise ConfigError(path, "space.checkpoint", f"the shipped checkpoint holds {DEFAULT_SUPERNET}, not "
-                                                        f"{cfg.space.supernet}; give a checkpoint file (from 'hwnas "
-                                                        f"supernet train' or 'hwnas supernet import')")
         if not checkpoint_path(cfg.space.checkpoint).is_file():
             raise ConfigError(path, "space.checkpoint", f"no such file {cfg.space.checkpoint!r}; give a path or a "
                                                         f"shipped checkpoint ({', '.join(SHIPPED_CHECKPOINTS)})")
-        if cfg.space.checkpoint != "default":
-            _check_checkpoint(cfg, path)
+        _check_checkpoint(cfg, path)
         name, _, folder = cfg.data.partition(":")
         if name not in DATASETS:
             raise ConfigError(path, "data", f"unknown data set {cfg.data!r}; allowed: {', '.join(DATASETS)} "
@@ -352,15 +346,17 @@ DATASETS = {"fmnist-mini": False, "fashion-mnist": True, "mnist": True}  # name 
 
 def _check_checkpoint(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
     """The checkpoint holds the named supernet, and that supernet takes the data's one channel."""
-    from hwnas.supernets import checkpoint_path, load_checkpoint_header
+    from hwnas.supernets import SHIPPED_CHECKPOINTS, checkpoint_path, load_checkpoint_header
 
     try:
         name, kwargs = load_checkpoint_header(checkpoint_path(cfg.space.checkpoint))
     except HwnasError as err:
         raise ConfigError(path, "space.checkpoint", str(err)) from None
     if name != cfg.space.supernet:
+        mend = (f"give a checkpoint file of {cfg.space.supernet} (from 'hwnas supernet train' or 'hwnas supernet "
+                f"import')" if cfg.space.checkpoint in SHIPPED_CHECKPOINTS else f"name {name!r} in space.supernet")
         raise ConfigError(path, "space.checkpoint", f"{cfg.space.checkpoint} holds a {name!r} supernet, not "
-                                                    f"{cfg.space.supernet!r}; name {name!r} in space.supernet")
+                                                    f"{cfg.space.supernet!r}; {mend}")
     if kwargs.get("in_chans", 1) != 1:
         raise ConfigError(path, "space.checkpoint", f"{cfg.space.checkpoint} takes {kwargs['in_chans']}-channel "
                                                     f"images; the data sets ({', '.join(DATASETS)}) are grayscale")

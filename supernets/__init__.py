@@ -31,12 +31,12 @@ DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "default_mbv3.pt"
 DEFAULT_SUPERNET = "elastic_mbv3"  # what DEFAULT_CHECKPOINT holds
 #: Checkpoints shipped in the package, by the name an experiment or a command may give instead of a path.
 SHIPPED_CHECKPOINTS = {"default": DEFAULT_CHECKPOINT, "fmnist_mbv3": CHECKPOINT_DIR / "fmnist_mbv3.pt"}
+CHECKPOINT_KEYS = ("name", "kwargs", "state_dict", "meta")
 
 
 def checkpoint_path(checkpoint) -> Path:
     """The file of a shipped checkpoint's name (``default``, ``fmnist_mbv3``), else the path as given."""
     return SHIPPED_CHECKPOINTS.get(str(checkpoint), Path(checkpoint).expanduser())
-CHECKPOINT_KEYS = ("name", "kwargs", "state_dict", "meta")
 
 
 @SUPERNETS.register("elastic_mbv3")
