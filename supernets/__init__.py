@@ -17,7 +17,8 @@ import torch
 from hwnas.errors import HwnasError
 from hwnas.registry import Registry
 
-from .base import Supernet, calibration_batches, load_torch_file, measure_accuracy, recalibrate_bn, subnet_accuracy
+from .base import (Supernet, calibration_batches, load_torch_file, materialize, measure_accuracy, recalibrate_bn,
+                   subnet_accuracy)
 from .datasets import DatasetSplits, load_dataset
 from .elastic_mbv3 import OFA_MBV3_W1, ElasticMobileNetV3, OFAMobileNetV3, arch_key, config_from_arch_key
 from .elastic_resnet import ElasticResNet
@@ -131,6 +132,6 @@ __all__ = [
     "OFA_MBV3_W1", "DatasetSplits", "create", "names",
     "save_checkpoint", "load_checkpoint", "load_checkpoint_header", "load_default", "checkpoint_dict",
     "supernet_from_dict", "load_dataset",
-    "arch_key", "config_from_arch_key", "recalibrate_bn", "measure_accuracy", "subnet_accuracy",
+    "arch_key", "config_from_arch_key", "recalibrate_bn", "measure_accuracy", "subnet_accuracy", "materialize",
     "calibration_batches", "TrainSettings", "TrainResult", "train_supernet", "tradeoff_report", "cpu_latency_ms",
 ]

@@ -158,10 +158,19 @@ def calibration_batches(X: torch.Tensor, n_images: int, seed: int, batch_size: i
     return [X[idx[i:i + batch_size]] for i in range(0, len(idx), batch_size)]
 
 
+def materialize(supernet: Supernet, config: Config, train_images: torch.Tensor, calib_images: int = 1000,
+                seed: int = 0) -> nn.Module:
+    """The sub-network ``config`` as it is measured and shipped: extracted, BN recalibrated on a
+    seeded subset of ``train_images``. The one place a candidate becomes a model, so a search's
+    accuracy, an export and an evaluation of the same candidate compute the same function."""
+    model = supernet.extract(config)
+    recalibrate_bn(model, calibration_batches(train_images, calib_images, seed))
+    return model
+
+
 def subnet_accuracy(supernet: Supernet, config: Config, data, split: str = "val",
                     calib_images: int = 1000, seed: int = 0) -> float:
-    """Extract ``config``, recalibrate BN on a seeded subset of TRAIN, measure on ``split``."""
-    model = supernet.extract(config)
-    recalibrate_bn(model, calibration_batches(data.train[0], calib_images, seed))
+    """Materialize ``config`` (BN recalibrated on a seeded subset of TRAIN), measure on ``split``."""
+    model = materialize(supernet, config, data.train[0], calib_images, seed)
     X, y = data.split(split)
     return measure_accuracy(model, X, y)
