@@ -19,7 +19,6 @@ the same CPU count too) and NVML on NVIDIA GPUs. Backends whose hardware is abse
 from __future__ import annotations
 
 import glob
-import io
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -298,22 +297,14 @@ class OnnxRuntimeCPUBackend(_Backend):
     """The model exported to ONNX (``torch.onnx.export``), run by an onnxruntime CPU session."""
 
     def session(self, model: torch.nn.Module, input_shape: Sequence[int]):
-        import onnxruntime as ort
+        from .onnx import INPUT_NAME, session, to_onnx
 
         x = self._input(input_shape)
-        buffer = io.BytesIO()
         try:
-            with torch.no_grad():
-                torch.onnx.export(model.eval(), (x,), buffer, input_names=["input"], output_names=["output"],
-                                  dynamo=False)
-        except Exception as err:  # exporter errors come in many types
-            raise HwnasError(f"onnxruntime-cpu: cannot export the model to ONNX: {err}".splitlines()[0]) from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        return session, {"input": x.numpy()}
+            onnx_bytes = to_onnx(model, x)
+        except HwnasError as err:
+            raise HwnasError(f"onnxruntime-cpu: {err}") from None
+        return session(onnx_bytes, self.threads), {INPUT_NAME: x.numpy()}
 
     def measure_many(self, items: Sequence[Tuple[torch.nn.Module, Sequence[int]]]) -> List[Measurement]:
         runs = []
