@@ -11,7 +11,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -36,15 +36,20 @@ def to_onnx(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool =
     return buffer.getvalue()
 
 
-def session(onnx_bytes: bytes, threads: int = 1):
-    """An onnxruntime CPU session of ``onnx_bytes`` with ``threads`` intra-op threads."""
+def session(onnx_model: Union[bytes, str, Path], threads: int = 1):
+    """An onnxruntime CPU session of an ONNX model (bytes or a file) with ``threads`` intra-op threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+        where = "" if isinstance(onnx_model, bytes) else f"{onnx_model}: "
+        raise HwnasError(f"{where}onnxruntime cannot load the model: {err}".splitlines()[0]) from None
 
 
 class _Batches:
@@ -89,7 +94,7 @@ def quantize_int8(onnx_bytes: bytes, calibration: Sequence[torch.Tensor],
         return dst.read_bytes()
 
 
-def run(onnx_bytes_or_session, x: torch.Tensor) -> np.ndarray:
-    """Outputs of an ONNX model (bytes or a session) on ``x``."""
-    sess = session(onnx_bytes_or_session) if isinstance(onnx_bytes_or_session, bytes) else onnx_bytes_or_session
+def run(model_or_session, x: torch.Tensor) -> np.ndarray:
+    """Outputs of an ONNX model (bytes, a file or a session) on ``x``."""
+    sess = session(model_or_session) if isinstance(model_or_session, (bytes, str, Path)) else model_or_session
     return sess.run(None, {INPUT_NAME: x.numpy().astype(np.float32)})[0]

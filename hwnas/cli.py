@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_devices import register as register_devices
 
     register_devices(sub)
+    from .cli_export import register as register_export
+
+    register_export(sub)
     return parser
 
 

@@ -68,6 +68,16 @@ def experiment_metrics(cfg: ExperimentConfig) -> List[Metric]:
     return list(out.values())
 
 
+def accuracy_images(data, split: str, images: int, seed: int):
+    """The images a run measures accuracy on: ``split``, or a fixed seeded subset of ``images`` of it
+    (``accuracy_eval``). Shared by the search and by whatever re-checks its figures (export, evaluate)."""
+    X, y = data.split(split)
+    if 0 < images < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:images]
+        return X[keep], y[keep]
+    return X, y
+
+
 class SupernetMeasureTask:
     """Measures metrics of one sub-network: ``task((config, keys)) -> ({key: value}, seconds)``.
 
@@ -96,10 +106,8 @@ class SupernetMeasureTask:
 
             self._supernet = load_checkpoint(self.checkpoint)
             self._data = load_dataset(self.data_spec)
-            X, y = self._data.split(self.split)
-            if 0 < self.images < len(y):
-                keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed))[: self.images]
-                self._data = dataclasses.replace(self._data, **{self.split: (X[keep], y[keep])})
+            subset = accuracy_images(self._data, self.split, self.images, self.seed)
+            self._data = dataclasses.replace(self._data, **{self.split: subset})
         return self._supernet, self._data
 
     def __call__(self, request: Tuple[Dict, Sequence[str]]) -> Tuple[Dict[str, float], float]:

@@ -26,6 +26,9 @@ CONFIG_NAME = "config.yaml"
 STORE_NAME = "results.sqlite"
 # Re-measuring a front whose predictions were optimistic can pull in new members; cap the rounds.
 MAX_FRONT_ROUNDS = 20
+#: The layout of a run folder (files, store tables, meta keys); kept in the store's meta as
+#: ``format_version``. Runs made before it was recorded have the layout of version 1.
+RUN_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -229,6 +232,7 @@ class Experiment:
         from hwnas.search import STRATEGIES, ExperimentProblem
 
         start = time.time()
+        self._record_provenance()
         self.store.set_meta("status", "running")
         init = self.initial_samples()
         if len(init):
@@ -244,6 +248,27 @@ class Experiment:
         wall = time.time() - start + float(self.store.get_meta("wall_time_s", 0.0))
         self.store.set_meta("wall_time_s", wall)
         return RunSummary(self.run_dir, len(self.store.candidates()), len(front), wall, front)
+
+    def _record_provenance(self) -> None:
+        """Keep the run folder's format and the checkpoint's sha256 in the store (once, at the first start).
+
+        A sub-network is only the one searched when rebuilt from the same weights: a resume or an
+        export refuses a checkpoint file whose content changed since.
+        """
+        if self.store.get_meta("format_version") is None:
+            self.store.set_meta("format_version", RUN_FORMAT_VERSION)
+        if self.cfg.space.supernet is None:
+            return
+        from hwnas.supernets import checkpoint_sha256
+
+        sha = checkpoint_sha256(self.cfg.space.checkpoint)
+        recorded = self.store.get_meta("checkpoint_sha256")
+        if recorded is None:
+            self.store.set_meta("checkpoint_sha256", sha)
+        elif recorded != sha:
+            raise HwnasError(f"{self.run_dir}: the run was searched on checkpoint sha256 {recorded[:12]}..., but "
+                             f"{_resolve_checkpoint(self.cfg)} now has {sha[:12]}...; restore that checkpoint "
+                             f"or start a new run")
 
     def final_front(self) -> List[Candidate]:
         """The feasible non-dominated candidates; with ``measure_front``, all of them measured.
@@ -262,22 +287,7 @@ class Experiment:
         return self.front(measured_only=self.cfg.measure_front)
 
     def front(self, measured_only: bool = False) -> List[Candidate]:
-        from hwnas.search import nondominated
-
-        cands = [c for c in self.store.candidates() if all(c.value(m.key) is not None for m in self.metrics)]
-        if measured_only:
-            cands = [c for c in cands if all(m.key in c.measured for m in self.metrics if m.measurable)]
-        if not cands:
-            return []
-        rows = [self._effective(c) for c in cands]
-        feasible = (budget_slack(rows, self.cfg) <= 0).all(axis=1)
-        cands = [c for c, ok in zip(cands, feasible) if ok]
-        if not cands:
-            return []
-        F = objective_matrix([self._effective(c) for c in cands], self.metrics)
-        # One row per distinct objective vector: ties are the same point of the front.
-        idx = sorted(nondominated(F), key=lambda i: tuple(F[i]))
-        return [cands[i] for i in idx]
+        return front_of(self.store.candidates(), self.metrics, self.cfg, measured_only)
 
     def _all_measured(self) -> Dict[str, str]:
         """Sources that measure every metric that can be measured (energy and power stay predicted)."""
@@ -286,6 +296,33 @@ class Experiment:
     def close(self):
         self.space_backend.close()
         self.store.close()
+
+
+def front_of(candidates: Sequence[Candidate], metrics: Sequence[Metric], cfg: ExperimentConfig,
+             measured_only: bool = False) -> List[Candidate]:
+    """The feasible (every budget met) non-dominated ``candidates`` by effective values, in objective order.
+
+    ``measured_only``: only candidates with every measurable metric measured (a finished run's
+    front with ``measure_front``, as front.csv holds it).
+    """
+    from hwnas.search import nondominated
+
+    def effective(c):
+        return {m.key: c.value(m.key) for m in metrics}
+
+    cands = [c for c in candidates if all(c.value(m.key) is not None for m in metrics)]
+    if measured_only:
+        cands = [c for c in cands if all(m.key in c.measured for m in metrics if m.measurable)]
+    if not cands:
+        return []
+    feasible = (budget_slack([effective(c) for c in cands], cfg) <= 0).all(axis=1)
+    cands = [c for c, ok in zip(cands, feasible) if ok]
+    if not cands:
+        return []
+    F = objective_matrix([effective(c) for c in cands], metrics)
+    # One row per distinct objective vector: ties are the same point of the front.
+    idx = sorted(nondominated(F), key=lambda i: tuple(F[i]))
+    return [cands[i] for i in idx]
 
 
 class SupernetSpace:

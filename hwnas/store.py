@@ -17,6 +17,8 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
+from .errors import HwnasError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS candidates (
@@ -68,8 +70,23 @@ class Candidate:
 
 
 class ResultsStore:
-    def __init__(self, path):
+    """``readonly``: open an existing store without writing to it (export, evaluate): a file that
+    is not a results store is one clear line, and the run is left exactly as it was."""
+
+    def __init__(self, path, readonly: bool = False):
         self.path = Path(path)
+        if readonly:
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            try:
+                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            except sqlite3.DatabaseError as err:
+                self._db.close()
+                raise HwnasError(f"{self.path}: not a results store ({err})") from None
+            missing = sorted({"meta", "candidates", "objectives"} - tables)
+            if missing:
+                self._db.close()
+                raise HwnasError(f"{self.path}: not a results store (no table {', '.join(missing)})")
+            return
         self._db = sqlite3.connect(str(self.path), isolation_level=None)  # autocommit
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -38,6 +39,20 @@ CHECKPOINT_KEYS = ("name", "kwargs", "state_dict", "meta")
 def checkpoint_path(checkpoint) -> Path:
     """The file of a shipped checkpoint's name (``default``, ``fmnist_mbv3``), else the path as given."""
     return SHIPPED_CHECKPOINTS.get(str(checkpoint), Path(checkpoint).expanduser())
+
+
+def checkpoint_sha256(checkpoint) -> str:
+    """SHA-256 of a checkpoint file (a shipped name or a path): what a run and an export record, so a
+    sub-network is only ever rebuilt from the weights it was searched on."""
+    path = checkpoint_path(checkpoint)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise HwnasError(f"supernet checkpoint {path}: cannot read it ({err.strerror or err})") from None
+    return digest.hexdigest()
 
 
 @SUPERNETS.register("elastic_mbv3")
@@ -128,7 +143,7 @@ def load_default() -> Supernet:
 __all__ = [
     "ElasticResNet",
     "ElasticViT",
-    "SUPERNETS", "DEFAULT_CHECKPOINT", "DEFAULT_SUPERNET", "SHIPPED_CHECKPOINTS", "checkpoint_path", "Supernet", "ElasticMobileNetV3", "OFAMobileNetV3",
+    "SUPERNETS", "DEFAULT_CHECKPOINT", "DEFAULT_SUPERNET", "SHIPPED_CHECKPOINTS", "checkpoint_path", "checkpoint_sha256", "Supernet", "ElasticMobileNetV3", "OFAMobileNetV3",
     "OFA_MBV3_W1", "DatasetSplits", "create", "names",
     "save_checkpoint", "load_checkpoint", "load_checkpoint_header", "load_default", "checkpoint_dict",
     "supernet_from_dict", "load_dataset",

@@ -77,8 +77,18 @@ class Supernet(nn.Module, ABC):
         return {g: members for g, members in groups.items() if members}
 
     def describe(self, config: Config) -> str:
-        """A short readable architecture string (reports, CSVs); families may override it."""
+        """A short readable architecture string (reports, CSVs); families may override it (and :meth:`parse`)."""
         return ";".join(f"{k}={v}" for k, v in config.items())
+
+    def parse(self, arch: str) -> Config:
+        """The config of an architecture string as :meth:`describe` writes it (run files, reports)."""
+        config: Config = {}
+        for part in [p.strip() for p in arch.split(";") if p.strip()]:
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise HwnasError(f"bad architecture string {arch!r}: {part!r} is not name=value")
+            config[key.strip()] = _number(value.strip())
+        return self.check_config(config)
 
     def check_config(self, config: Config) -> Config:
         try:
@@ -108,6 +118,15 @@ class Supernet(nn.Module, ABC):
         free = {name for g in elastic for name in groups[g]}
         largest = self.largest_config()
         return {k: (v if k in free else largest[k]) for k, v in config.items()}
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _batchnorms(model: nn.Module) -> List[nn.modules.batchnorm._BatchNorm]:

@@ -26,6 +26,9 @@ SPEC_HELP = "'fmnist-mini' (embedded), 'fashion-mnist:PATH' or 'mnist:PATH' (a f
 
 # Per-dataset pixel mean/std on the official training sets (pixels scaled to [0, 1]).
 NORMALISATION = {"fashion-mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}
+CLASSES = {"fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                             "Bag", "Ankle boot"),
+           "mnist": tuple(str(d) for d in range(10))}
 VAL_SIZE = 5000  # the IDX loaders hold out the last 5000 training images as val
 
 # IDX type codes -> numpy big-endian dtypes (the format's own table).
@@ -138,3 +141,15 @@ def load_dataset(spec: str) -> DatasetSplits:
     if sep and name in NORMALISATION and folder:
         return _load_idx_dataset(name, folder)
     raise HwnasError(f"unknown dataset spec {spec!r}; allowed: {SPEC_HELP}")
+
+
+def preprocessing(spec: str) -> Dict:
+    """How a raw image becomes the input the data set ``spec`` feeds a model (and its class names):
+    what a deployment must do before calling an exported file."""
+    name = "fashion-mnist" if spec == "fmnist-mini" else spec.partition(":")[0]
+    if name not in NORMALISATION:
+        raise HwnasError(f"unknown dataset spec {spec!r}; allowed: {SPEC_HELP}")
+    mean, std = NORMALISATION[name]
+    return {"images": "grayscale uint8, 28 x 28", "layout": "NCHW float32, C = 1",
+            "formula": f"x = (pixel / 255 - {mean}) / {std}", "mean": mean, "std": std, "scale": 1 / 255,
+            "classes": list(CLASSES[name])}

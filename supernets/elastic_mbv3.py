@@ -229,6 +229,9 @@ class ElasticMobileNetV3(Supernet):
     def describe(self, config: Config) -> str:
         return arch_key(config)
 
+    def parse(self, arch: str) -> Config:
+        return self.check_config(config_from_arch_key(arch))
+
     def extract(self, config: Config) -> MobileNetV3Subnet:
         config = self.check_config(config)
         blocks = [self.blocks[b].extract(kernel, expand) for b, kernel, expand in self.active_blocks(config)]
