@@ -95,12 +95,13 @@ def cmd_train(args) -> int:
 
 
 def parse_config_list(spec: str, net, seed: int) -> List[tuple]:
-    """``largest,smallest,random:20`` -> [(label, config), ...] (random ones seeded)."""
+    """``largest,smallest,random:20,ARCH`` -> [(label, config), ...] (random ones seeded; ARCH: an
+    architecture string as the run files print it, e.g. ``ks=...;e=...;d=...;r=28``)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     out = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+    for i, part in enumerate([p.strip() for p in spec.split(",") if p.strip()]):
         name, _, count = part.partition(":")
         if name == "largest" and not count:
             out.append(("largest", net.largest_config()))
@@ -108,10 +109,16 @@ def parse_config_list(spec: str, net, seed: int) -> List[tuple]:
             out.append(("smallest", net.smallest_config()))
         elif name == "random" and count.isdigit() and int(count) > 0:
             out += [(f"random-{i}", net.sample(rng)) for i in range(int(count))]
+        elif "=" in part:
+            try:
+                out.append((f"arch-{i}", net.parse(part)))
+            except HwnasError as err:
+                raise HwnasError(f"--configs: {part!r}: {err}") from None
         else:
-            raise HwnasError(f"--configs: {part!r} is not one of largest, smallest, random:N (N >= 1)")
+            raise HwnasError(f"--configs: {part!r} is not one of largest, smallest, random:N (N >= 1) or an "
+                             f"architecture string (as the run files print it, e.g. {net.describe(net.smallest_config())})")
     if not out:
-        raise HwnasError("--configs: give at least one of largest, smallest, random:N")
+        raise HwnasError("--configs: give at least one of largest, smallest, random:N or an architecture string")
     return out
 
 
@@ -176,7 +183,9 @@ def register(sub) -> None:
     e = s.add_parser("eval", help="accuracy of sub-networks after BN recalibration")
     e.add_argument("checkpoint", help="a checkpoint file, or a shipped one by name: default, fmnist_mbv3")
     e.add_argument("--data", default="fmnist-mini", help="fmnist-mini | fashion-mnist:PATH | mnist:PATH")
-    e.add_argument("--configs", default="largest,smallest,random:20")
+    e.add_argument("--configs", default="largest,smallest,random:20",
+                   help="comma-separated: largest, smallest, random:N, or architecture strings as the run files "
+                        "print them (ks=...;e=...;d=...;r=...)")
     e.add_argument("--split", default="test", choices=["val", "test"])
     e.add_argument("--calib-images", type=int, default=1000)
     e.add_argument("--seed", type=int, default=0)

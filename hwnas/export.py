@@ -373,8 +373,8 @@ def export(run_dir, out, formats: Sequence[str] = ("onnx",), pick: Optional[str]
            by: Optional[str] = None, front: bool = False, force: bool = False, name: str = "model",
            parity_images: int = 2000, measure: bool = False, device: Optional[str] = None,
            evaluate: bool = False, threads: int = 1, log: Callable[[str], None] = lambda s: None) -> List[Exported]:
-    """Export the chosen candidates of ``run_dir`` into ``out`` (one candidate: its files in ``out``; several:
-    one folder ``candidate-<id>`` each). Returns what was written (after the rename into place)."""
+    """Export the chosen candidates of ``run_dir`` into ``out`` (``pick``/``rank``: the files in ``out``;
+    ``front``: one folder ``candidate-<id>`` per member). Returns what was written (after the rename into place)."""
     run_dir, out = Path(run_dir), Path(out)
     formats = parse_formats(",".join(formats) if not isinstance(formats, str) else formats)
     run = open_run(run_dir)
@@ -386,10 +386,11 @@ def export(run_dir, out, formats: Sequence[str] = ("onnx",), pick: Optional[str]
     results = []
     try:
         for choice in choices:
-            sub = "" if len(choices) == 1 else f"candidate-{choice.candidate.id}"
+            sub = f"candidate-{choice.candidate.id}" if front else ""
             folder = staging.tmp / sub if sub else staging.tmp
             folder.mkdir(exist_ok=True)
-            log(f"candidate {choice.candidate.id}: rebuilding, then writing {', '.join(formats)}")
+            if front:  # several candidates take a while: say where it is
+                log(f"front member {choice.rank} of {len(choices)}: candidate {choice.candidate.id}")
             info = _export_one(rebuilder, choice, folder, formats, name, parity_images, device_cfg, evaluate,
                                threads)
             results.append(Exported(out / sub if sub else out, info))

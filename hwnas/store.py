@@ -76,7 +76,12 @@ class ResultsStore:
     def __init__(self, path, readonly: bool = False):
         self.path = Path(path)
         if readonly:
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            if not self.path.is_file():
+                raise HwnasError(f"{self.path}: no such results store")
+            # Without pending WAL content, open it immutable: SQLite then creates no -wal/-shm files beside it.
+            wal = self.path.with_name(self.path.name + "-wal")
+            flags = "mode=ro" if wal.is_file() and wal.stat().st_size else "mode=ro&immutable=1"
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None)
             try:
                 tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             except sqlite3.DatabaseError as err:
