@@ -376,6 +376,10 @@ def export(run_dir, out, formats: Sequence[str] = ("onnx",), pick: Optional[str]
     """Export the chosen candidates of ``run_dir`` into ``out`` (``pick``/``rank``: the files in ``out``;
     ``front``: one folder ``candidate-<id>`` per member). Returns what was written (after the rename into place)."""
     run_dir, out = Path(run_dir), Path(out)
+    if parity_images < 0:
+        raise HwnasError(f"--parity-images {parity_images}: give a number of images >= 0 (0: the whole val split)")
+    if device is not None and not measure:
+        raise HwnasError(f"--device {device}: only used with --measure (which times the files on it)")
     formats = parse_formats(",".join(formats) if not isinstance(formats, str) else formats)
     run = open_run(run_dir)
     _check_out(out, run_dir, force, name, formats)

@@ -1,0 +1,159 @@
+"""Export the quickstart's front: export time per format, parity figures, files run without hwnas.
+
+    python benchmarks/export.py [--run RUN_DIR]
+
+Without ``--run`` it first runs ``hwnas run experiments/quickstart.yaml`` (minutes). Then, all
+through the CLI: (1) the issue's command ``hwnas export RUN --rank 1 --format onnx,pt2,torchscript``,
+whose ONNX and pt2 files are run in interpreters where hwnas cannot be imported (onnxruntime only,
+torch only) and compared with each other; (2) ``hwnas export RUN --front`` in every format with
+``--measure``, whose model.json files give the export time per format and the parity figures.
+Writes ``results/export.md`` (the BENCHMARKS.md section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import ROOT, write_section
+
+FORMATS = ["onnx", "onnx-int8", "pt2", "torchscript", "state_dict"]
+
+
+def hwnas(*args) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "hwnas.cli", *args], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"hwnas {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return time.perf_counter() - start
+
+
+def without_hwnas(folder: Path, x_path: Path) -> dict:
+    """Logits of model.onnx (onnxruntime only) and model.pt2 (torch only), each in ``python -I`` with hwnas blocked."""
+    prelude = "import sys\nsys.modules['hwnas'] = None\n"
+    jobs = {
+        "onnx": "sys.modules['torch'] = None\nimport numpy as np, onnxruntime as ort\n"
+                f"x = np.load({str(x_path)!r})\n"
+                "y = ort.InferenceSession('model.onnx', providers=['CPUExecutionProvider']).run(None, {'input': x})[0]\n",
+        "pt2": "sys.modules['onnxruntime'] = None\nsys.modules['timm'] = None\nimport numpy as np, torch\n"
+               f"x = torch.from_numpy(np.load({str(x_path)!r}))\n"
+               "y = torch.export.load('model.pt2').module()(x).detach().numpy()\n",
+    }
+    out = {}
+    for name, code in jobs.items():
+        target = folder / f"_{name}_logits.npy"
+        code = prelude + code + f"np.save({str(target)!r}, y)\n"
+        proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=folder, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{name} without hwnas failed: {proc.stderr.strip()[-2000:]}")
+        out[name] = np.load(target)
+        target.unlink()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", help="a finished quickstart run folder (default: run the quickstart first)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="hwnas-export-bench-"))
+    run = Path(args.run) if args.run else work / "run"
+    if not args.run:
+        hwnas("run", "experiments/quickstart.yaml", "--out", str(run), "--quiet")
+
+    # (1) The issue's command, and its files without hwnas.
+    rank1 = work / "rank1"
+    wall_rank1 = hwnas("export", str(run), "--rank", "1", "--format", "onnx,pt2,torchscript", "--out", str(rank1))
+    info1 = json.loads((rank1 / "model.json").read_text())
+    from hwnas.supernets.datasets import load_dataset
+
+    x_path = work / "val.npy"
+    np.save(x_path, load_dataset(info1["run"]["data"]).val[0].numpy())
+    logits = without_hwnas(rank1, x_path)
+    cross = float(np.abs(logits["onnx"] - logits["pt2"]).max())
+    top1 = float((logits["onnx"].argmax(1) == logits["pt2"].argmax(1)).mean())
+
+    # (2) The whole front, every format, timed on the run's device.
+    front = work / "front"
+    wall_front = hwnas("export", str(run), "--front", "--format", ",".join(FORMATS), "--out", str(front), "--measure")
+    infos = sorted((json.loads((p / "model.json").read_text()) for p in front.iterdir()),
+                   key=lambda i: i["candidate"]["rank"])
+
+    def med(fmt, field):
+        return float(np.median([i["files"][fmt][field] for i in infos]))
+
+    time_rows = "\n".join(
+        f"| {fmt} | {med(fmt, 'export_seconds'):.2f} | {min(i['files'][fmt]['export_seconds'] for i in infos):.2f}–"
+        f"{max(i['files'][fmt]['export_seconds'] for i in infos):.2f} | "
+        f"{float(np.median([i['parity']['formats'][fmt]['check_seconds'] for i in infos])):.2f} | "
+        f"{med(fmt, 'bytes') / 1e6:.2f} |" for fmt in FORMATS)
+    parity_rows = []
+    for i in infos:
+        p, c = i["parity"]["formats"], i["candidate"]
+        fp32 = max(p[f]["max_abs_diff"] for f in ("onnx", "pt2", "torchscript", "state_dict"))
+        agree = min(p[f]["top1_agreement"] for f in ("onnx", "pt2", "torchscript", "state_dict"))
+        parity_rows.append(
+            f"| {c['rank']} | {c['id']} | `{c['arch']}` | {i['values']['accuracy']['measured']:.4f} | "
+            f"{i['reproduced']['accuracy']:.4f} | {p['onnx']['max_abs_diff']:.1e} | {p['pt2']['max_abs_diff']:.1e} | "
+            f"{p['torchscript']['max_abs_diff']:.1e} | {fp32:.1e} / {agree * 100:.2f} % | "
+            f"{p['onnx-int8']['top1_agreement'] * 100:.2f} % | {p['onnx-int8']['accuracy']:.4f} vs "
+            f"{p['onnx-int8']['reference_accuracy']:.4f} |")
+    m0 = infos[0]["measured_at_export"]
+    latency_rows = "\n".join(
+        f"| {i['candidate']['rank']} | {i['candidate']['id']} | {i['values']['latency_ms']['measured']:.2f} | "
+        + " | ".join(f"{i['measured_at_export']['files'][f]['latency_ms']:.2f}" for f in FORMATS) + " |"
+        for i in infos)
+    worst_fp32 = max(max(i["parity"]["formats"][f]["max_abs_diff"] for f in ("onnx", "pt2", "torchscript", "state_dict"))
+                     for i in infos)
+    int8 = [i["parity"]["formats"]["onnx-int8"]["top1_agreement"] for i in infos]
+    body = f"""
+Issue 19's check: `hwnas export RUN --rank 1 --format onnx,pt2,torchscript` on the quickstart's run folder
+(candidate {info1['candidate']['id']}, `{info1['candidate']['arch']}`) took {wall_rank1:.0f} s end to end (a fresh
+process: imports, rebuilding with BN recalibration, three exports, every file loaded back and compared on
+{info1['parity']['images']} val images). Its `model.onnx` run by onnxruntime alone and its `model.pt2` run by torch alone
+(each in `python -I` with `import hwnas` failing) agree on the {len(logits['onnx'])} val images to max |diff|
+**{cross:.1e}** (≤ 1e-4 required), identical top-1 on {top1 * 100:.2f} %.
+
+The whole front ({len(infos)} members) in every format, `hwnas export RUN --front --format {','.join(FORMATS)} --measure`:
+{wall_front:.0f} s end to end. Export time per format (writing the file; the parity check loads it back and runs
+{infos[0]['parity']['images']} val images through it), median over the front:
+
+| format | export s (median) | range | parity check s (median) | file MB (median) |
+|---|---|---|---|---|
+{time_rows}
+
+Parity against the PyTorch sub-network on {infos[0]['parity']['images']} val images (required: fp32 max |diff| ≤ 1e-4 and
+top-1 identical on ≥ 99.9 %; int8 of an fp32 candidate is whole-model post-training QDQ, reported against the fp32
+model, not required). "reproduced": the rebuilt model's accuracy on the run's own accuracy images, beside the run's
+stored figure:
+
+| rank | id | arch | accuracy (run) | reproduced | onnx max \\|diff\\| | pt2 | torchscript | worst fp32 / top-1 | int8 top-1 agreement | int8 vs fp32 val accuracy |
+|---|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(parity_rows)}
+
+Worst fp32 max |diff| over the front: **{worst_fp32:.1e}**; int8 top-1 agreement with fp32 {min(int8) * 100:.2f}–{max(int8) * 100:.2f} %
+(below 99 % for some members: whole-model int8 changes predictions the fp32 search never saw; quantization as a search
+dimension, issue 18, is where int8 is checked against what was searched).
+
+Latency of the exported files on this machine (`--measure`, the run's device `{m0['device']}`: batch {m0['batch_size']},
+{m0['threads']} thread(s), {m0['statistic']} of interleaved rounds), ms, beside the run's torch-cpu measurement
+(taken during the search, another moment of a shared machine):
+
+| rank | id | run (torch eager) | {' | '.join(FORMATS)} |
+|---|---|---|{'---|' * len(FORMATS)}
+{latency_rows}
+"""
+    write_section("export", "Export: hwnas export on the quickstart's front", body,
+                  cmd="python benchmarks/export.py" + (f" --run {args.run}" if args.run else ""))
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
