@@ -84,6 +84,23 @@ class CostModel:
 
 
 # --------------------------------------------------------------------------- tabular
+# The knee of the soft floor, as a fraction of a metric's smallest sample. On the shipped tables the
+# fastest architecture of a space is >= 0.59x the fastest of its 10 references on every device but one
+# (pixel3 on NB201, whose near-empty cells take ~0 ms), so the floor leaves real predictions alone.
+POSITIVE_KNEE = 0.5
+
+
+def soft_floor(values: np.ndarray, knee: float) -> np.ndarray:
+    """``values`` above ``knee`` unchanged; below it ``knee^2 / (2 knee - v)``: positive for every finite
+    ``v``, strictly increasing, continuous with slope 1 at the knee. A linear few-shot model extrapolates
+    below zero on near-empty cells; this keeps such predictions physical without reordering any."""
+    values = np.asarray(values, dtype=float)
+    below = values < knee
+    out = values.copy()
+    out[below] = knee * knee / (2.0 * knee - values[below])
+    return out
+
+
 @lru_cache(maxsize=None)
 def _pretrained(space: str):
     from hwnas.predictors.fewshot import load_pretrained
@@ -108,9 +125,16 @@ class TabularCostModel(CostModel):
         # Latency predicted below the device's fastest sample is extrapolation (on NB201's near-empty
         # cells the few-shot model even goes below zero): power and energy derived from it use this floor.
         self.latency_floor = float(samples.values["latency_ms"].min())
+        # Below half the smallest sample of a fitted metric, predictions are squeezed smoothly towards 0
+        # (soft_floor): positive, in the same order (rank unchanged), untouched above the knee.
+        self.knees = {m: POSITIVE_KNEE * float(samples.values[m].min()) for m in samples.metrics}
 
     def _refit(self, samples: Samples) -> "TabularCostModel":
         return TabularCostModel(self.profile, self.dspace, samples)
+
+    def extrapolated(self, genomes) -> Dict[str, np.ndarray]:
+        """Per fitted metric, where the raw prediction fell below the knee (softly floored there)."""
+        return {m: model.predict(genomes) < self.knees[m] for m, model in self.adapted.items()}
 
     def estimated_energy(self, genomes) -> np.ndarray:
         """Analytical energy (mJ) of one forward pass at the profile's batch size and precision."""
@@ -118,7 +142,7 @@ class TabularCostModel(CostModel):
         return energy_mJ(per_image.batch(self.profile.spec.batch_size), self.profile.spec.precision)
 
     def predict(self, genomes) -> Dict[str, np.ndarray]:
-        out = {m: model.predict(genomes) for m, model in self.adapted.items()}
+        out = {m: soft_floor(model.predict(genomes), self.knees[m]) for m, model in self.adapted.items()}
         latency = np.maximum(out["latency_ms"], self.latency_floor)
         if self.labels["energy_mJ"] == ESTIMATED:
             out["energy_mJ"] = self.estimated_energy(genomes)
