@@ -373,7 +373,9 @@ def with_profile_settings(cfg: ExperimentConfig, path: Union[str, Path]) -> Expe
             if obstacle is not None:
                 raise ConfigError(path, f"devices[{i}].reanchor",
                                   f"{obstacle}, so its references cannot be re-timed here; allowed: auto, false")
-        if profile is None or profile.spec.backend not in MEASURING_BACKENDS:
+        # Only a device measured here (this host, or its Ray node) is timed in a run, so only its settings matter.
+        if profile is None or profile.spec.backend not in MEASURING_BACKENDS or (
+                profile_obstacle(profile.spec) is not None and not profile.spec.ray_resource):
             devices.append(device)
             continue
         inherited = {k: getattr(profile.spec, k) for k in PROFILE_SETTINGS
