@@ -106,9 +106,13 @@ def main() -> None:
             f"{p['onnx-int8']['top1_agreement'] * 100:.2f} % | {p['onnx-int8']['accuracy']:.4f} vs "
             f"{p['onnx-int8']['reference_accuracy']:.4f} |")
     m0 = infos[0]["measured_at_export"]
+    def lat(i, fmt):
+        return i["measured_at_export"]["files"][fmt]["latency_ms"]
+
     latency_rows = "\n".join(
         f"| {i['candidate']['rank']} | {i['candidate']['id']} | {i['values']['latency_ms']['measured']:.2f} | "
-        + " | ".join(f"{i['measured_at_export']['files'][f]['latency_ms']:.2f}" for f in FORMATS) + " |"
+        + " | ".join(f"{lat(i, f):.2f}" for f in FORMATS)
+        + f" | {lat(i, 'onnx') / lat(i, 'state_dict'):.2f} | {lat(i, 'onnx-int8') / lat(i, 'onnx'):.2f} |"
         for i in infos)
     worst_fp32 = max(max(i["parity"]["formats"][f]["max_abs_diff"] for f in ("onnx", "pt2", "torchscript", "state_dict"))
                      for i in infos)
@@ -143,11 +147,12 @@ Worst fp32 max |diff| over the front: **{worst_fp32:.1e}**; int8 top-1 agreement
 dimension, issue 18, is where int8 is checked against what was searched).
 
 Latency of the exported files on this machine (`--measure`, the run's device `{m0['device']}`: batch {m0['batch_size']},
-{m0['threads']} thread(s), {m0['statistic']} of interleaved rounds), ms, beside the run's torch-cpu measurement
-(taken during the search, another moment of a shared machine):
+{m0['threads']} thread(s), {m0['statistic']} of rounds; a candidate's files interleaved round by round, so their ratios
+hold on a shared machine), ms. `state_dict` is the module `hwnas.load` gives, run by torch eager as the run's
+torch-cpu backend ran it; the run's own figure was taken during the search, at another moment of the shared machine:
 
-| rank | id | run (torch eager) | {' | '.join(FORMATS)} |
-|---|---|---|{'---|' * len(FORMATS)}
+| rank | id | run (torch eager) | {' | '.join(FORMATS)} | onnx / eager | int8 / onnx |
+|---|---|---|{'---|' * len(FORMATS)}---|---|
 {latency_rows}
 """
     write_section("export", "Export: hwnas export on the quickstart's front", body,

@@ -17,7 +17,6 @@ the other objectives in the file's order) or the whole ``front`` (ordered alike)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -31,11 +30,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, read_yaml
 from .errors import HwnasError
 from .evaluation import Metric, accuracy_images, experiment_metrics
-from .pipeline import RUN_FORMAT_VERSION, STORE_NAME, front_of, load_run_config
+from .pipeline import CONFIG_NAME, RUN_FORMAT_VERSION, STORE_NAME, front_of, load_run_config
 from .store import Candidate, ResultsStore
+from .supernets.base import sha256_file
 
 #: format -> file suffix after the stem (``--name``, default ``model``).
 FORMATS = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt",
@@ -93,6 +93,11 @@ class RunFolder:
 def open_run(run_dir) -> RunFolder:
     """Read a run folder without changing it; bad folders are one line."""
     run_dir = Path(run_dir)
+    raw = read_yaml(run_dir / CONFIG_NAME) if (run_dir / CONFIG_NAME).is_file() else None
+    space = raw.get("space") if isinstance(raw, dict) else None
+    if isinstance(space, dict) and space.get("table"):  # before validating: the table itself is beside the point
+        raise HwnasError(f"{run_dir}: a {space.get('tabular_space', 'table')} table run has no weights to rebuild: its "
+                         f"sub-networks are rows of a benchmark table ({space['table']}), not networks")
     cfg = load_run_config(run_dir)
     store = ResultsStore(run_dir / STORE_NAME, readonly=True)
     try:
@@ -179,9 +184,6 @@ class Rebuilder:
         from hwnas.supernets.datasets import load_dataset
 
         cfg = run.cfg
-        if cfg.space.supernet is None:
-            raise HwnasError(f"{run.path}: a {cfg.space.tabular_space} table run has no weights to rebuild: its "
-                             f"sub-networks are rows of a benchmark table ({cfg.space.table}), not networks")
         self.run, self.cfg = run, cfg
         self.checkpoint_file = checkpoint_path(cfg.space.checkpoint)
         self.sha256 = checkpoint_sha256(cfg.space.checkpoint)
@@ -301,14 +303,6 @@ def _parity(fmt: str, logits: np.ndarray, reference: np.ndarray, labels: np.ndar
     return out
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- output folders
 def parse_formats(spec: str) -> List[str]:
     formats = [f.strip() for f in str(spec).split(",") if f.strip()]
@@ -406,19 +400,19 @@ def export(run_dir, out, formats: Sequence[str] = ("onnx",), pick: Optional[str]
 
 
 def _measuring_device(run: RunFolder, device: Optional[str]):
-    from hwnas.devices.registry import find_device
+    """The run's device whose settings ``--measure`` times the files with; it must be this machine's CPU."""
+    from hwnas.devices.location import locate
 
     names = [d.name for d in run.cfg.devices]
     dcfg = run.cfg.devices[0] if device is None else next((d for d in run.cfg.devices if d.name == device), None)
     if dcfg is None:
         raise HwnasError(f"--device {device}: not a device of run {run.path}; allowed: {', '.join(names)}")
-    if dcfg.backend not in ("torch-cpu", "onnxruntime-cpu"):
-        raise HwnasError(f"--device {dcfg.name}: its backend {dcfg.backend} does not run on this machine's CPU; "
-                         f"--measure times files here (devices with backend torch-cpu or onnxruntime-cpu)")
-    profile = find_device(dcfg.name)
-    if profile is not None and profile.spec.ray_resource:
-        raise HwnasError(f"--device {dcfg.name}: measured on the Ray node holding {profile.spec.ray_resource}; "
-                         f"--measure times exported files on this machine only")
+    where = locate(dcfg.name, dcfg.backend)
+    backend = where.profile.spec.backend if where.profile is not None else dcfg.backend
+    if not where.here or where.ray_resource or backend not in ("torch-cpu", "onnxruntime-cpu"):
+        raise HwnasError(f"--device {dcfg.name}: measured on {where.where if where.here else 'no machine here'}; "
+                         f"--measure times the files on this machine's CPU only (a device with backend torch-cpu "
+                         f"or onnxruntime-cpu)")
     return dcfg
 
 
@@ -477,25 +471,25 @@ def _export_one(rb: Rebuilder, choice: Choice, folder: Path, formats: Sequence[s
 
 
 def _measure_files(folder: Path, files: Dict, dcfg, input_shape) -> Dict:
-    """Each written file timed by its runtime with the device's settings (batch, threads, clock, statistic)."""
-    from hwnas.devices.backends import CLOCKS, time_runs
+    """Each written file timed by its runtime with the device's settings (batch, threads, clock, statistic),
+    all of them interleaved round by round so that a shared machine's slow spells hit them alike."""
+    from hwnas.devices.backends import CLOCKS, time_interleaved
 
     x = torch.randn(dcfg.batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
-    settings = dict(warmup=dcfg.warmup, repeats=dcfg.repeats, clock=CLOCKS[dcfg.clock], statistic=dcfg.statistic)
     out = {"device": dcfg.name, "batch_size": dcfg.batch_size, "threads": dcfg.threads, "clock": dcfg.clock,
            "statistic": dcfg.statistic, "files": {}}
     previous = torch.get_num_threads()
     torch.set_num_threads(dcfg.threads)
     try:
-        for fmt, f in files.items():
-            run = _loaded(fmt, folder / f["file"], folder, dcfg.threads)
-            with torch.inference_mode():
-                m = time_runs(lambda: run(x), **settings)
-            out["files"][fmt] = {"latency_ms": m.latency_ms, "median_ms": m.median_ms, "iqr_ms": m.iqr_ms,
-                                 "repeats": m.repeats,
-                                 "runtime": "onnxruntime" if fmt.startswith("onnx") else "torch"}
+        runs = [_loaded(fmt, folder / f["file"], folder, dcfg.threads) for fmt, f in files.items()]
+        with torch.inference_mode():
+            timed = time_interleaved([lambda run=run: run(x) for run in runs], warmup=dcfg.warmup,
+                                     repeats=dcfg.repeats, clock=CLOCKS[dcfg.clock], statistic=dcfg.statistic)
     finally:
         torch.set_num_threads(previous)
+    for fmt, m in zip(files, timed):
+        out["files"][fmt] = {"latency_ms": m.latency_ms, "median_ms": m.median_ms, "iqr_ms": m.iqr_ms,
+                             "repeats": m.repeats, "runtime": "onnxruntime" if fmt.startswith("onnx") else "torch"}
     return out
 
 

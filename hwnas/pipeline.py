@@ -48,6 +48,11 @@ class Experiment:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.store = ResultsStore(self.run_dir / STORE_NAME)
+        try:  # before anything is loaded or changed: a resume on other weights stops here
+            self._record_provenance()
+        except HwnasError:
+            self.store.close()
+            raise
         self.metrics: List[Metric] = experiment_metrics(cfg)
         self.locations = device_locations(cfg)  # device -> here (measured in this run) or external
         self.space_backend = create_space_backend(cfg, self.metrics)
@@ -279,7 +284,6 @@ class Experiment:
         from hwnas.search import STRATEGIES, ExperimentProblem
 
         start = time.time()
-        self._record_provenance()
         self.store.set_meta("status", "running")
         init = self.initial_samples()
         if len(init):

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -19,7 +18,7 @@ from hwnas.errors import HwnasError
 from hwnas.registry import Registry
 
 from .base import (Supernet, calibration_batches, load_torch_file, materialize, measure_accuracy, recalibrate_bn,
-                   subnet_accuracy)
+                   sha256_file, subnet_accuracy)
 from .datasets import DatasetSplits, load_dataset
 from .elastic_mbv3 import OFA_MBV3_W1, ElasticMobileNetV3, OFAMobileNetV3, arch_key, config_from_arch_key
 from .elastic_resnet import ElasticResNet
@@ -45,14 +44,10 @@ def checkpoint_sha256(checkpoint) -> str:
     """SHA-256 of a checkpoint file (a shipped name or a path): what a run and an export record, so a
     sub-network is only ever rebuilt from the weights it was searched on."""
     path = checkpoint_path(checkpoint)
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return sha256_file(path)
     except OSError as err:
         raise HwnasError(f"supernet checkpoint {path}: cannot read it ({err.strerror or err})") from None
-    return digest.hexdigest()
 
 
 @SUPERNETS.register("elastic_mbv3")

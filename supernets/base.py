@@ -9,6 +9,7 @@ statistics a supernet keeps are a mixture over all the sub-networks it trained.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from abc import ABC, abstractmethod
@@ -22,6 +23,15 @@ from hwnas.errors import HwnasError
 from hwnas.space import SearchSpace
 
 Config = Dict[str, Any]
+
+
+def sha256_file(path) -> str:
+    """SHA-256 of a file's bytes (checkpoints, exported files), read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_torch_file(path, what: str) -> Any:

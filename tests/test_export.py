@@ -272,6 +272,8 @@ BAD_INPUTS = [
     ("changed checkpoint", _changed_checkpoint, ["--rank", "1"], "sha256"),
     ("table run", _table_run, ["--pick", "1"], "no weights"),
     ("name escapes", lambda r, t: r, ["--rank", "1", "--name", "../escaped"], "escapes the output folder"),
+    ("unknown device", lambda r, t: r, ["--rank", "1", "--measure", "--device", "nosuch"], "--device nosuch"),
+    ("device without measure", lambda r, t: r, ["--rank", "1", "--device", "local-cpu"], "only used with --measure"),
 ]
 
 
@@ -315,6 +317,8 @@ def test_failed_parity_fails_the_export_and_keeps_the_old_folder(run_dir, tmp_pa
 
 def test_resume_refuses_a_changed_checkpoint(run_dir, tmp_path, capsys):
     run = _changed_checkpoint(run_dir, tmp_path)
-    assert main(["resume", str(run), "--quiet"]) == 2
+    before = (run / "results.sqlite").read_bytes()
+    assert main(["resume", str(run), "--generations", "2", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "sha256" in err
+    assert (run / "results.sqlite").read_bytes() == before  # not even its status changed
