@@ -606,6 +606,9 @@ def model_card(info: Dict) -> str:
     if parity["between_files"]:
         lines += ["", "Between the fp32 files: " + ", ".join(f"{k} max |diff| {v:.2e}"
                                                              for k, v in parity["between_files"].items()) + "."]
+    if "torchscript" in info["files"]:
+        lines += ["", f"TorchScript (`torch.jit.trace`) is deprecated as of torch {info['torch_version']} (its "
+                      "functions warn); the pt2 file (`torch.export`) is its successor."]
     if "onnx-int8" in info["files"]:
         p = parity["formats"]["onnx-int8"]
         lines += ["", f"int8: onnxruntime static QDQ (per-channel int8 weights, int8 activations calibrated on "
