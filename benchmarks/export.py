@@ -117,7 +117,12 @@ def main() -> None:
     worst_fp32 = max(max(i["parity"]["formats"][f]["max_abs_diff"] for f in ("onnx", "pt2", "torchscript", "state_dict"))
                      for i in infos)
     int8 = [i["parity"]["formats"]["onnx-int8"]["top1_agreement"] for i in infos]
+    r = infos[0]["run"]
     body = f"""
+The run folder: `hwnas run experiments/quickstart.yaml` ({r['n_candidates']} candidates, {len(infos)} on the front,
+status {r['status']}; checkpoint sha256 {'recorded' if infos[0]['space']['checkpoint_sha256_recorded_by_run'] else
+'not recorded: made before runs recorded it, so the cards carry a warning'}).
+
 Issue 19's check: `hwnas export RUN --rank 1 --format onnx,pt2,torchscript` on the quickstart's run folder
 (candidate {info1['candidate']['id']}, `{info1['candidate']['arch']}`) took {wall_rank1:.0f} s end to end (a fresh
 process: imports, rebuilding with BN recalibration, three exports, every file loaded back and compared on

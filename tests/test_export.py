@@ -58,6 +58,12 @@ def front_rows(run_dir):
         return list(csv.DictReader(f))
 
 
+def config_of(run_dir, cid):
+    from hwnas.export import open_run
+
+    return next(c.config for c in open_run(run_dir).candidates if c.id == int(cid))
+
+
 def test_run_records_format_version_and_checkpoint_sha256(run_dir):
     from hwnas.supernets import checkpoint_sha256
 
@@ -173,7 +179,7 @@ def test_evaluate_gives_the_test_accuracy_of_a_pick(run_dir, tmp_path, capsys):
     [result] = json.loads(out.read_text())
     net = supernets.load_checkpoint(run_dir.parent / "supernet.pt")
     data = supernets.load_dataset("fmnist-mini")
-    expected = supernets.subnet_accuracy(net, json.loads(row["config"]), data, split="test", calib_images=64, seed=0)
+    expected = supernets.subnet_accuracy(net, config_of(run_dir, row["id"]), data, split="test", calib_images=64, seed=0)
     assert result["accuracy"] == pytest.approx(expected, abs=1e-9) and result["images"] == 2000
     assert result["run_accuracy"] == pytest.approx(float(row["accuracy"]))
 
@@ -198,7 +204,7 @@ def test_supernet_eval_takes_architecture_strings(run_dir, tmp_path, capsys):
     assert main(["supernet", "eval", str(run_dir.parent / "supernet.pt"), "--configs", f"smallest,{row['arch']}",
                  "--split", "val", "--calib-images", "64", "--json", str(out)]) == 0
     results = json.loads(out.read_text())["configs"]
-    assert results[1]["arch"] == row["arch"] and results[1]["config"] == json.loads(row["config"])
+    assert results[1]["arch"] == row["arch"] and results[1]["config"] == config_of(run_dir, row["id"])
     assert main(["supernet", "eval", "default", "--configs", "ks=7;e=6;d=4;r=28"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "ks=7;e=6;d=4;r=28" in err
