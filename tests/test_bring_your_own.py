@@ -168,3 +168,14 @@ def test_a_trained_3_channel_supernet_searches_the_same_through_cli_and_api(trai
     assert [float(r["accuracy"]) for r in cli] == [r["accuracy"] for r in api]  # accuracy is deterministic
     assert all(0 <= r["accuracy"] <= 1 and r["latency_ms"] > 0 for r in api)
     assert "image-folder" in run.report()
+
+
+def test_the_example_training_file_is_valid():
+    from pathlib import Path
+
+    from hwnas import supernets
+    from hwnas.cli_supernets import load_train_config
+
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "experiments" / "train_tiny_ofa.yaml")
+    net = supernets.create(cfg.supernet, **cfg.kwargs)
+    assert net.init_kwargs["in_chans"] == 3 and cfg.data["kind"] == "image-folder"
