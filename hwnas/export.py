@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import ExperimentConfig, read_yaml
+from .config import ExperimentConfig, data_spec, read_yaml
 from .errors import HwnasError
 from .evaluation import Metric, accuracy_images, experiment_metrics
 from .pipeline import CONFIG_NAME, RUN_FORMAT_VERSION, STORE_NAME, front_of, load_run_config
@@ -193,7 +193,7 @@ class Rebuilder:
                              f"but {self.checkpoint_file} (space.checkpoint: {cfg.space.checkpoint}) has "
                              f"{self.sha256[:16]}...; these are not the weights searched (restore that checkpoint)")
         self.supernet = load_checkpoint(self.checkpoint_file)
-        self.data = load_dataset(cfg.data)
+        self.data = load_dataset(data_spec(cfg))
 
     def model(self, config: Dict) -> torch.nn.Module:
         """The sub-network exactly as the search measured it (``materialize``, the run's calibration and seed)."""
@@ -423,8 +423,8 @@ def _export_one(rb: Rebuilder, choice: Choice, folder: Path, formats: Sequence[s
     cfg, cand = rb.cfg, choice.candidate
     model = rb.model(cand.config)
     X_val, y_val = rb.data.val
-    if 0 < parity_images < len(y_val):
-        X_val, y_val = X_val[:parity_images], y_val[:parity_images]
+    n = parity_images if 0 < parity_images < len(y_val) else len(y_val)
+    X_val, y_val = X_val[:n], y_val[:n]  # a tensor (data sets from disk hold images made float on demand)
     reference = _logits(_torch_fn(model), X_val)
     X_acc, y_acc = rb.searched_images()
     reproduced = accuracy(_torch_fn(model), X_acc, y_acc)
@@ -503,7 +503,6 @@ def _model_info(rb: Rebuilder, choice: Choice, model: torch.nn.Module, files: Di
 
     import hwnas
     from hwnas.modelstats import count_flops, count_params
-    from hwnas.supernets.datasets import preprocessing
 
     run, cfg, cand = rb.run, rb.cfg, choice.candidate
     shape = list(rb.data.input_shape)
@@ -527,7 +526,7 @@ def _model_info(rb: Rebuilder, choice: Choice, model: torch.nn.Module, files: Di
                   "checkpoint_sha256": rb.sha256, "checkpoint_sha256_recorded_by_run": rb.sha256_recorded is not None,
                   "dimensions": list(cfg.space.dimensions)},
         "run": {"path": str(run.path.resolve()), "name": cfg.name, "status": run.meta.get("status"),
-                "data": cfg.data, "strategy": cfg.strategy.model_dump(), "accuracy_eval": cfg.accuracy_eval.model_dump(),
+                "data": data_spec(cfg), "strategy": cfg.strategy.model_dump(), "accuracy_eval": cfg.accuracy_eval.model_dump(),
                 "objectives": {k: o.model_dump(exclude_none=True) for k, o in cfg.objectives.items()},
                 "budgets": [b.text for b in cfg.budgets],
                 "devices": [d.model_dump(include={"name", "backend", "batch_size", "threads", "clock", "statistic"})
@@ -538,13 +537,24 @@ def _model_info(rb: Rebuilder, choice: Choice, model: torch.nn.Module, files: Di
         "input": {"name": "input", "shape": shape, "dtype": "float32", "batch": "dynamic"},
         "output": {"name": "output", "shape": ["batch", int(rb.supernet.init_kwargs.get("num_classes", 10))],
                    "kind": "logits"},
-        "preprocessing": preprocessing(cfg.data),
+        "preprocessing": _preprocessing(rb.data),
         "params": count_params(model), "flops": count_flops(model, shape),
         "values": values,
         "reproduced": {"accuracy": reproduced, "images": reproduced_images, "split": cfg.accuracy_eval.split,
                        "searched": cand.measured.get("accuracy")},
         "files": files,
     }
+
+
+def _preprocessing(data) -> Dict:
+    """What a deployment does to a raw image before calling the file (the run's data block decides it)."""
+    from hwnas.supernets.datasets import CLASSES
+
+    prep = data.preprocessing  # every loader records it
+    steps = "pixels / 255" + (f", resized to {prep.size} x {prep.size} (bilinear, antialiased)" if prep.size else "") \
+        + ", then (x - mean) / std per channel"
+    return {**prep.as_dict(), "layout": f"NCHW float32, {prep.channels} channel(s)", "steps": steps,
+            "classes": list(data.classes) or list(CLASSES.get(data.name, ()))}
 
 
 # --------------------------------------------------------------------------- model card
@@ -560,9 +570,9 @@ def model_card(info: Dict) -> str:
              f"- an image classifier cut from the `{s['supernet']}` supernet (checkpoint `{s['checkpoint']}`, "
              f"sha256 `{s['checkpoint_sha256']}`); searched dimensions: {', '.join(s['dimensions'])}",
              f"- input `{info['input']['name']}`: float32, shape [batch, {', '.join(map(str, info['input']['shape']))}]"
-             f" ({pre['layout']}); {pre['images']}, `{pre['formula']}`",
-             f"- output `{info['output']['name']}`: logits over {info['output']['shape'][1]} classes "
-             f"({', '.join(pre['classes'])})",
+             f" ({pre['layout']}): {pre['steps']}, mean {pre['mean']}, std {pre['std']}",
+             f"- output `{info['output']['name']}`: logits over {info['output']['shape'][1]} classes"
+             + (f" ({', '.join(pre['classes'])})" if pre["classes"] else ""),
              f"- {info['params']:,} parameters, {info['flops'] / 1e6:.2f} MFLOPs per image",
              "", "## How it was found", "",
              f"- run `{r['path']}` ({r['status'] or 'status unknown'}): {r['strategy']['name']}, population "
@@ -686,6 +696,9 @@ def load_model(folder) -> torch.nn.Module:
         raise HwnasError(f"{weights}: weights do not fit the architecture in model.json: "
                          f"{str(err).strip().splitlines()[0]}") from None
     return skeleton.eval()
+
+
+load = load_model  # hwnas.load
 
 
 # --------------------------------------------------------------------------- evaluate
