@@ -85,6 +85,20 @@ class Run:
             raise HwnasError(f"{self.path}: no report.md yet (the run has not finished; 'hwnas resume {self.path}')")
         return path.read_text()
 
+    def export(self, out: Union[str, Path], formats: str = "onnx", **options) -> List:
+        """``hwnas export`` of this run: the chosen sub-networks (``pick=ID``, ``rank=N``/``by=METRIC`` or
+        ``front=True``) written to ``out`` and parity-checked; a list of :class:`hwnas.export.Exported`
+        (``folder``, ``info`` = model.json). ``hwnas.load(folder)`` gives the torch module back."""
+        from .export import export
+
+        return export(self.path, out, formats, **options)
+
+    def evaluate(self, split: str = "test", **selection) -> List[Dict]:
+        """``hwnas evaluate``: accuracy on ``split`` of the chosen sub-networks, rebuilt as searched."""
+        from .export import evaluate
+
+        return evaluate(self.path, split=split, **selection)
+
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, {self.config.name!r})"
 

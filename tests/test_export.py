@@ -94,7 +94,7 @@ def test_export_writes_every_format_parity_checked(run_dir, exported):
     # Rebuilt exactly as searched: the run's accuracy reproduces on the run's own images.
     assert info["reproduced"]["accuracy"] == pytest.approx(float(best["accuracy"]), abs=1e-9)
     assert info["space"]["checkpoint_sha256_recorded_by_run"]
-    assert info["preprocessing"]["mean"] == pytest.approx(0.2860) and len(info["preprocessing"]["classes"]) == 10
+    assert info["preprocessing"]["mean"] == pytest.approx([0.2860]) and len(info["preprocessing"]["classes"]) == 10
     assert info["input"]["shape"] == [1, 28, 28]
     card = (exported / "model_card.md").read_text()
     assert "## Files and parity" in card and "model.pt2" in card and "| accuracy |" in card
