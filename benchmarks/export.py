@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,7 @@ def main() -> None:
     if not args.run:
         hwnas("run", "experiments/quickstart.yaml", "--out", str(run), "--quiet")
 
+    load_before = os.getloadavg()[1]
     # (1) The issue's command, and its files without hwnas.
     rank1 = work / "rank1"
     wall_rank1 = hwnas("export", str(run), "--rank", "1", "--format", "onnx,pt2,torchscript", "--out", str(rank1))
@@ -118,7 +120,11 @@ def main() -> None:
                      for i in infos)
     int8 = [i["parity"]["formats"]["onnx-int8"]["top1_agreement"] for i in infos]
     r = infos[0]["run"]
+    load = f"{load_before:.1f} at the start, {os.getloadavg()[1]:.1f} at the end"
     body = f"""
+Machine load (5-minute load average on {os.cpu_count()} cores, other jobs included): {load}. Wall times scale with it;
+the ratios between files of one candidate (timed interleaved) do not.
+
 The run folder: `hwnas run experiments/quickstart.yaml` ({r['n_candidates']} candidates, {len(infos)} on the front,
 status {r['status']}; checkpoint sha256 {'recorded' if infos[0]['space']['checkpoint_sha256_recorded_by_run'] else
 'not recorded: made before runs recorded it, so the cards carry a warning'}).
