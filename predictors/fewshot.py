@@ -37,7 +37,7 @@ from hwnas.tabular import TabularBenchmark, TabularSpace, space_from_spec
 
 FORMAT_VERSION = 1
 PREDICT_CHUNK = 8192
-MEMBER_ARRAYS = ("heads", "prior_mean", "prior_cov", "w", "proxy", "additive")
+MEMBER_ARRAYS = ("heads", "prior_mean", "prior_cov", "w", "proxy", "additive", "post_cov", "noise", "loo_mse")
 FULL_TABLE_LIMIT = 1 << 17  # spaces this small get every prediction precomputed at first use
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 POOL_LIMIT = {"nb201": 900, "fbnet": 4000, "ofa_mbv3": 4000}
@@ -264,7 +264,10 @@ class FewShotPredictor:
                 {"meta": _meta_fit(Phi, z, member)}
             weights = _loo_weights(fits, z)
             member["w"], member["proxy"], member["additive"] = _combine(fits, weights, proxies, Phi.shape[1])
-            member["loo"] = sum(w * fits[name]["loo_mu"] for name, w in weights.items()) * self.y_std_ + self.y_mean_
+            member["post_cov"], member["noise"] = fits["meta"]["cov"], np.array([fits["meta"]["s2"]])
+            loo = sum(w * fits[name]["loo_mu"] for name, w in weights.items())
+            member["loo"] = loo * self.y_std_ + self.y_mean_
+            member["loo_mse"] = np.array([np.mean((loo - z) ** 2)])
             for name, w in weights.items():
                 self.weights_[name] = self.weights_.get(name, 0.0) + w / len(self.members_)
         self.loo_ = np.mean([m["loo"] for m in self.members_], 0)
@@ -318,6 +321,75 @@ class FewShotPredictor:
                 folded.append(list(m["layers"][:-1]) + [(np.ascontiguousarray(W1), b1)])
             self._folded_layers = folded
         return self._folded_layers
+
+    # --- uncertainty: which architectures to measure next, and what rho to expect ---------------
+    def candidate_pool(self, size: int = 20000, seed: int = 0) -> np.ndarray:
+        """Architectures to choose among: every cell of a space that small (NB201), else a seeded sample."""
+        space = self.tspace.space
+        if space.size <= size:
+            return np.array(np.unravel_index(np.arange(space.size), tuple(space.upper + 1))).T
+        return space.sample(np.random.default_rng(seed), size)
+
+    def _head_uncertainty(self, member: dict):
+        """Covariance of the meta-learned head and the noise level: the posterior after adaptation,
+        else the prior (the spread of the meta-training devices' heads, noise 0.05 in standard units)."""
+        if "post_cov" in member:
+            return member["post_cov"], float(member["noise"][0])
+        return member["prior_cov"], 0.05
+
+    def suggest(self, n: int, measured=None, pool=None) -> np.ndarray:
+        """``n`` architectures that most reduce the uncertainty of the meta-learned head, chosen greedily
+        (each the pool's architecture of largest predictive variance given the ones before it and the
+        ``measured`` genomes, default the reference architectures). The reduction does not depend on
+        the values still to be measured, so all ``n`` are chosen before any is measured."""
+        self._require("suggest")
+        member = self.members_[0]
+        pool = self.candidate_pool(4000) if pool is None else self.tspace.check(pool)
+        measured = self.reference_genomes_ if measured is None else self.tspace.check(measured)
+        taken = {g.tobytes() for g in np.asarray(measured, dtype=np.int64)}
+        keep = np.array([g.tobytes() not in taken for g in pool.astype(np.int64)])
+        pool = pool[keep]
+        S, s2 = self._head_uncertainty(member)
+        if "post_cov" not in member:  # the prior: condition on what is measured already
+            S = _condition(S, self.embed(measured)[0], s2)
+        Phi = self.embed(pool)[0]
+        var = np.einsum("ij,jk,ik->i", Phi, S, Phi)
+        chosen = []
+        for _ in range(min(n, len(pool))):
+            i = int(np.argmax(var))
+            chosen.append(i)
+            v = S @ Phi[i]
+            S = S - np.outer(v, v) / (s2 + Phi[i] @ v)
+            var = var - (Phi @ v) ** 2 / (s2 + Phi[i] @ v)
+            var[chosen] = -np.inf
+        return pool[chosen]
+
+    def expected_rho(self, extra: int = 0, pool=None, draws: int = 200, seed: int = 0) -> float:
+        """Spearman rho between the adapted prediction and the device's true costs that the model
+        itself expects over the candidate pool (heads drawn from the posterior of the meta-learned
+        model), after ``extra`` more samples chosen by :meth:`suggest`, plus independent errors as large
+        as the adapted model's leave-one-out error on the shots (what the head's posterior cannot see:
+        a device unlike every candidate; more samples do not shrink it)."""
+        from scipy.stats import rankdata
+
+        self._require("expected_rho", adapted=True)
+        member = self.members_[0]
+        pool = self.candidate_pool(2000) if pool is None else self.tspace.check(pool)
+        S, s2 = self._head_uncertainty(member)
+        if extra:
+            S = _condition(S, self.embed(self.suggest(extra))[0], s2)
+        Phi = self.embed(pool)[0]
+        mean = Phi @ member["w"]
+        L = np.linalg.cholesky(S + 1e-9 * np.eye(len(S)))
+        eps = np.random.default_rng(seed).standard_normal((len(S), draws))
+        rng = np.random.default_rng(seed)
+        misfit = np.sqrt(float(member.get("loo_mse", np.zeros(1))[0]))
+        truth = mean[:, None] + Phi @ (L @ eps) + misfit * rng.standard_normal((len(mean), draws))
+        r_mean = rankdata(mean)
+        r_truth = np.apply_along_axis(rankdata, 0, truth)
+        r_mean, r_truth = r_mean - r_mean.mean(), r_truth - r_truth.mean(0)
+        rho = (r_mean @ r_truth) / np.sqrt((r_mean @ r_mean) * (r_truth**2).sum(0))
+        return float(np.mean(rho))
 
     # --- persistence -------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -395,6 +467,12 @@ class FewShotPredictor:
         return f"FewShotPredictor({self.tspace.name!r}, members={self.n_members}, {state})"
 
 
+def _condition(S: np.ndarray, Phi: np.ndarray, s2: float) -> np.ndarray:
+    """Covariance of a Gaussian head after observing it at the rows of ``Phi`` with noise ``s2``."""
+    SP = S @ Phi.T
+    return S - SP @ np.linalg.solve(Phi @ SP + s2 * np.eye(len(Phi)), SP.T)
+
+
 def _ref_stats(ref_values: np.ndarray, fallback: np.ndarray):
     """Mean/std used to normalise a device: its reference-arch values when all are known."""
     v = ref_values if np.isfinite(ref_values).all() else fallback[np.isfinite(fallback)]
@@ -443,8 +521,10 @@ def _blr(B: np.ndarray, z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> dic
     Kinv = np.linalg.inv(a[best] * base + s2[best] * np.eye(n))
     alpha = Kinv @ resid
     d = np.diag(Kinv)
-    return {"ll": float(ll[best]) - 0.5 * n * np.log(2 * np.pi), "beta": mean + a[best] * cov @ B.T @ alpha,
-            "loo_mu": z - alpha / d, "loo_var": 1.0 / d, "a": float(a[best]), "s2": float(s2[best])}
+    AB = a[best] * cov @ B.T
+    return {"ll": float(ll[best]) - 0.5 * n * np.log(2 * np.pi), "beta": mean + AB @ alpha,
+            "loo_mu": z - alpha / d, "loo_var": 1.0 / d, "a": float(a[best]), "s2": float(s2[best]),
+            "cov": a[best] * cov - AB @ Kinv @ AB.T}
 
 
 def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict) -> dict:
@@ -463,7 +543,10 @@ def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict) -> dict:
     mu = sum(wi * f["loo_mu"] for wi, f in zip(w, fits))
     var = sum(wi * (f["loo_var"] + f["loo_mu"] ** 2) for wi, f in zip(w, fits)) - mu**2
     head = sum(wi * f["beta"] for wi, f in zip(w, fits))
-    return {"phi": head, "loo_mu": mu, "loo_var": np.maximum(var, 1e-12)}
+    # Posterior covariance of the head and noise, averaged over the components (for uncertainty only).
+    cov = sum(wi * f["cov"] for wi, f in zip(w, fits))
+    noise = sum(wi * f["s2"] for wi, f in zip(w, fits))
+    return {"phi": head, "loo_mu": mu, "loo_var": np.maximum(var, 1e-12), "cov": cov, "s2": noise}
 
 
 class _Proxies:
