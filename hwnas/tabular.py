@@ -455,13 +455,33 @@ class OfaSpace(TabularSpace):
         blocks, fixed = self._block_macs(probe)
         return blocks.T.reshape((20,) + kernel.shape), fixed.reshape(kernel.shape)[0, 0]
 
+    def _slot_lookup(self, table: np.ndarray, G: np.ndarray) -> np.ndarray:
+        """Per active block slot, ``table[slot, kernel, expand, resolution]`` (0 for inactive slots)."""
+        picked = table[np.arange(20), G[:, :20], G[:, 20:40], G[:, 45:46]]
+        active = self._active_slots(G)
+        return picked * (active[..., None] if picked.ndim == 3 else active)
+
     def macs(self, genomes) -> np.ndarray:
-        blocks, fixed = self._block_macs(self.check(genomes))
-        return blocks.sum(1) + fixed
+        G = self.check(genomes)  # table lookups: equal to _block_macs summed (integers, exact in float64)
+        return self._slot_lookup(self._slot_macs, G).sum(1) + self._fixed_macs_by_res[G[:, 45]]
 
     def counts(self, genomes) -> np.ndarray:
-        blocks, fixed = self._block_work(self.check(genomes), lambda hidden: _make_divisible(hidden / 4))
-        return (blocks.sum(2) + fixed).T
+        G = self.check(genomes)
+        if getattr(self, "_slot_work", None) is None:
+            self._slot_work, self._fixed_work_by_res = self._work_tables()
+        return self._slot_lookup(self._slot_work, G).sum(1) + self._fixed_work_by_res[G[:, 45]]
+
+    def _work_tables(self):
+        """Like :meth:`_mac_tables`, the three work counts of each slot and of the fixed layers."""
+        kernel, expand, res = np.meshgrid(
+            np.arange(len(OFA_KERNELS)), np.arange(len(OFA_EXPANDS)), np.arange(len(self.resolutions)), indexing="ij"
+        )
+        probe = np.zeros((kernel.size, self.space.n_var), dtype=np.int64)
+        probe[:, :20], probe[:, 20:40] = kernel.reshape(-1, 1), expand.reshape(-1, 1)
+        probe[:, 40:45], probe[:, 45] = len(OFA_DEPTHS) - 1, res.reshape(-1)
+        blocks, fixed = self._block_work(probe, lambda hidden: _make_divisible(hidden / 4))
+        slot = blocks.transpose(2, 1, 0).reshape((20,) + kernel.shape + (3,))
+        return slot, fixed.T.reshape(kernel.shape + (3,))[0, 0]
 
     def additive_features(self, genomes) -> np.ndarray:
         """Active-slot kernel and expand indicators plus resolution (inactive slots cost 0)."""
