@@ -201,6 +201,9 @@ class SupernetCostModel(CostModel):
         self.latency_scale = 1.0  # the machine's drift since the profile was measured (re-anchoring)
         self.latency_fit = (1.0, 0.0)
         self.energy_fit = (1.0, 0.0)
+        # A line fitted on a handful of sub-networks can cross zero below the smallest of them; the
+        # floor extrapolates there in proportion to the table sum instead (the least cost per unit seen).
+        self.latency_floor = self.energy_floor = 0.0
         if samples is not None:
             X = self._stages(self.table, samples.genomes)
             if len(samples) >= STAGE_FIT_SAMPLES_PER_COEF * X.shape[1]:
@@ -208,9 +211,13 @@ class SupernetCostModel(CostModel):
                 self.latency_coef = nnls(X, samples.values["latency_ms"])[0]
             else:
                 self.method += f", calibrated on {len(samples)} whole sub-networks"
-                self.latency_fit = _linear_fit(X[:, :-1].sum(1), samples.values["latency_ms"])
+                sums = X[:, :-1].sum(1)
+                self.latency_fit = _linear_fit(sums, samples.values["latency_ms"])
+                self.latency_floor = float(np.min(samples.values["latency_ms"] / sums))
             if "energy_mJ" in samples.values:
-                self.energy_fit = _linear_fit(self._sum(self.energy, samples.genomes), samples.values["energy_mJ"])
+                sums = self._sum(self.energy, samples.genomes)
+                self.energy_fit = _linear_fit(sums, samples.values["energy_mJ"])
+                self.energy_floor = float(np.min(samples.values["energy_mJ"] / sums))
         measured_energy = samples is not None and "energy_mJ" in samples.values
         self.labels = {"latency_ms": FITTED, "energy_mJ": FITTED if measured_energy else ESTIMATED,
                        "power_W": DERIVED if measured_energy else ESTIMATED}
@@ -234,10 +241,12 @@ class SupernetCostModel(CostModel):
             latency = self._stages(self.table, genomes) @ self.latency_coef
         else:
             a, b = self.latency_fit
-            latency = a * self._sum(self.table, genomes) + b
+            sums = self._sum(self.table, genomes)
+            latency = np.maximum(a * sums + b, self.latency_floor * sums)
         latency = latency * self.latency_scale
         a, b = self.energy_fit
-        energy = a * self._sum(self.energy, genomes) + b
+        sums = self._sum(self.energy, genomes)
+        energy = np.maximum(a * sums + b, self.energy_floor * sums)
         return {"latency_ms": latency, "energy_mJ": energy, "power_W": energy / latency}
 
 

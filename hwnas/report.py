@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -17,11 +16,18 @@ ESTIMATE_NOTE = ("analytical estimates (MACs and memory traffic x per-operation 
                  "hwnas.devices.energy), not measurements")
 
 
+def candidate_rows(exp, front: Optional[Sequence[Candidate]] = None) -> List[Dict]:
+    """The rows of candidates.csv (every candidate), or of front.csv (``front``)."""
+    cands = exp.store.candidates() if front is None else front
+    return _rows(cands, exp.metrics, exp.space_backend.describe, exp.estimated_keys())
+
+
 def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe, estimated=()) -> List[Dict]:
     rows = []
     for c in cands:
-        row = {"id": c.id, "arch": describe(c.config), "generation": c.generation,
-               "config": json.dumps(c.config, sort_keys=True)}
+        row = {"id": c.id, "arch": describe(c.config), "generation": c.generation}
+        # One column per search variable (a table's only variable is the arch itself).
+        row.update({name: value for name, value in c.config.items() if name not in row})
         for m in metrics:
             row[m.key] = c.value(m.key)
             source = c.source(m.key)
@@ -82,6 +88,29 @@ def hypervolume_vs_exhaustive(exp, front: Sequence[Candidate]):
     return hv_ratio(F_found, F_true)
 
 
+def exhaustive_obstacle(exp, front) -> str:
+    """Why a table run's front cannot be compared with the table's exhaustive front."""
+    external = sorted({m.device for m in exp.metrics if m.device and not exp.locations[m.device].here})
+    if external:
+        return f"the table has no column for {', '.join(external)} (predicted from the device profile)"
+    missing = [m.key for m in exp.metrics if not m.measurable]
+    if missing:
+        return f"the table holds no {', '.join(missing)}"
+    if not exp.space_backend.complete:
+        return "the table samples its space, so it has no exhaustive front"
+    if not front:
+        return "the run's front is empty"
+    return "no architecture of the table meets every budget"
+
+
+def _device_text(d, loc, cfg) -> str:
+    if not loc.here:
+        return f"{d.name} (external: {loc.where})"
+    if cfg.space.table is not None:
+        return f"{d.name} ({loc.where})"
+    return f"{d.name} (here: {loc.where}, batch {d.batch_size}, {d.threads} thread(s))"
+
+
 def plot_pareto(path: Path, exp, front: Sequence[Candidate]) -> None:
     import matplotlib
 
@@ -112,9 +141,14 @@ def plot_pareto(path: Path, exp, front: Sequence[Candidate]) -> None:
             ax.axvline(b.value, ls="--", c="k", lw=1, label=b.text)
         elif key == y.key:
             ax.axhline(b.value, ls="--", c="k", lw=1, label=b.text)
-    estimated = exp.estimated_keys()
-    ax.set_xlabel(f"{x.key} ({x.goal}{', estimated' if x.key in estimated else ''})")
-    ax.set_ylabel(f"{y.key} ({y.goal}{', estimated' if y.key in estimated else ''})")
+    estimated, unmeasured = exp.estimated_keys(), exp.unmeasured()
+
+    def label(m):
+        how = ", estimated" if m.key in estimated else (", predicted" if m.key in unmeasured else "")
+        return f"{m.key} ({m.goal}{how})"
+
+    ax.set_xlabel(label(x))
+    ax.set_ylabel(label(y))
     ax.set_title(f"{exp.cfg.name}: {len(cands)} candidates, {len(front)} on the front")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
@@ -151,17 +185,18 @@ def _fmt(v) -> str:
 def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     """Write candidates.csv, front.csv, pareto.png, hv.png and report.md into the run folder."""
     run_dir, cfg = exp.run_dir, exp.cfg
-    describe = exp.space_backend.describe
     cands = exp.store.candidates()
     estimated = exp.estimated_keys()
-    write_csv(run_dir / "candidates.csv", _rows(cands, exp.metrics, describe, estimated))
-    front_rows = _rows(front, exp.metrics, describe, estimated)
+    write_csv(run_dir / "candidates.csv", candidate_rows(exp))
+    front_rows = candidate_rows(exp, front)
     write_csv(run_dir / "front.csv", front_rows)
     history = hypervolume_history(exp)
     hv_vs_true = hypervolume_vs_exhaustive(exp, front)
     plot_pareto(run_dir / "pareto.png", exp, front)
     plot_hv(run_dir / "hv.png", history)
 
+    keys = [m.key for m in exp.metrics]
+    unmeasured = exp.unmeasured()
     objectives = ", ".join(f"{m.key} ({m.goal}, {'estimated' if m.key in estimated else m.source})"
                            for m in exp.metrics if m.goal)
     budgets = ", ".join(b.text + (" (estimated)" if canonical_key(cfg, b.metric) in estimated else "")
@@ -175,17 +210,18 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         f"{exp.space.n_var} variables, {exp.space.size:.3g} sub-networks",
         f"- data: `{cfg.data}` " + (f"(accuracy on the `{cfg.accuracy_eval.split}` split)" if cfg.space.supernet
                                     else "(the table's accuracy)"),
-        f"- devices: " + ", ".join(f"{d.name} ({d.backend}, batch {d.batch_size}, {d.threads} thread(s))"
-                                   for d in cfg.devices),
+        f"- devices: " + ", ".join(_device_text(d, exp.locations[d.name], cfg) for d in cfg.devices),
         f"- objectives: {objectives}",
         f"- budgets: {budgets}",
         f"- strategy: {cfg.strategy.name}, population {cfg.strategy.population}, "
         f"generations {cfg.strategy.generations}, seed {cfg.strategy.seed}; executor {cfg.executor.kind}",
         f"- evaluated: {len(cands)} distinct candidates in {wall_time_s:.1f} s; "
-        f"{len(front)} on the front (feasible and non-dominated"
-        + ((", every value measured" + (" except the estimates" if estimated else "") + ")")
-           if cfg.measure_front else ")"),
+        f"{len(front)} on the front (feasible and non-dominated; "
+        + (f"measured: {', '.join(k for k in keys if k not in unmeasured)}" if len(unmeasured) < len(keys)
+           else "nothing measured") + ")",
     ]
+    for key, why in unmeasured.items():
+        lines.append(f"- predicted, not measured: {key}: {why}")
     if estimated:
         lines.append(f"- estimated: {', '.join(estimated)} are {ESTIMATE_NOTE}")
     for device, scale in exp.latency_scales().items():
@@ -196,7 +232,6 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         "## Pareto front",
         "",
     ]
-    keys = [m.key for m in exp.metrics]
     lines.append("| id | arch | " + " | ".join(keys) + " |")
     lines.append("|---|---|" + "---|" * len(keys))
     for r in front_rows:
@@ -208,6 +243,8 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
               "| generation | candidates | hypervolume |", "|---|---|---|"]
     lines += [f"| {g} | {n} | {hv:.4f} |" for g, n, hv in history]
     lines += ["", "![Hypervolume](hv.png)", ""]
+    if hv_vs_true is None and cfg.space.table is not None:
+        lines += [f"No comparison with the exhaustive front: {exhaustive_obstacle(exp, front)}.", ""]
     if hv_vs_true is not None:
         lines += [f"Against the exhaustive front of the table (every architecture, same budgets): "
                   f"HV(found) / HV(true) = **{hv_vs_true:.4f}** (objectives normalised by the true "
