@@ -239,7 +239,11 @@ def run_logo(args) -> dict:
     bench = TabularBenchmark.load(args.space, args.table)
     shot_counts = [int(s) for s in args.shot_counts.split(",")]
     groups = [g for g in GROUPS[args.space] if g in _device_list(args.groups or ",".join(GROUPS[args.space]))]
-    G, out = bench.genomes, {"space": args.space, "shots": shot_counts, "seeds": args.seeds, "groups": {}}
+    from common import command, machine
+
+    G = bench.genomes
+    out = {"space": args.space, "shots": shot_counts, "seeds": args.seeds, "command": command(), "machine": machine(),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "groups": {}}
     for group in groups:
         test = [d for d in bench.devices if device_group(args.space, d) == group]
         train = [d for d in bench.devices if device_group(args.space, d) != group]
@@ -269,6 +273,18 @@ def run_logo(args) -> dict:
             d: {str(n): {k: float(np.mean(v)) for k, v in cells.items()} for n, cells in by_n.items()}
             for d, by_n in per.items()}}
     return out
+
+
+LOGO_INTRO = """Each device group of a table is held out in turn (phones; GPUs; CPUs; the desktop Eagle pair, a
+group of its own; OFA's table holds GPUs only, so its groups are the three GPU families); the
+predictor is meta-trained on the other groups' devices (HELP's pool, 10th-90th percentile), adapted to
+each held-out device from its shots (HELP's 10 reference architectures, then random pool
+architectures of that device), and scored by Spearman rho on the device's query set (HELP's). The
+baselines see the same shots: FLOPs (MACs, linear), layer-wise (ridge per-(layer, option) table),
+nearest device (the meta-training device whose latencies rank the shots most alike: its measured
+latencies, read from the table), non-meta GP on the same features. "expected (model)" is what the
+adapted model itself expects (`FewShotPredictor.expected_rho`, over random architectures of the
+space, not the trimmed query set)."""
 
 
 def logo_markdown(results: list) -> str:
@@ -336,8 +352,8 @@ def main(argv=None) -> int:
     lg.add_argument("--logo", action="store_true", help="hold out each device group of --space in turn")
     lg.add_argument("--groups", help="comma-separated subset of the groups (default: all)")
     lg.add_argument("--shot-counts", default="10,20,50,100")
-    lg.add_argument("--markdown", help="with --logo: also write this markdown file (from every JSON in --merge)")
-    lg.add_argument("--merge", help="with --markdown: comma-separated JSON results to report together")
+    lg.add_argument("--merge", help="comma-separated JSON results of --logo runs: report them together in "
+                    "BENCHMARKS.md (benchmarks/results/fewshot_logo.md)")
     tp = parser.add_argument_group("throughput mode (no meta-training; the shipped predictors)")
     tp.add_argument("--throughput", action="store_true",
                     help="measure predictions/s of load_pretrained(space).adapt(10 shots).predict instead")
@@ -350,7 +366,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.logo:
         if args.merge:
-            results = [json.loads(Path(f).read_text()) for f in _device_list(args.merge)]
+            results = []
+            for f in _device_list(args.merge):
+                r = json.loads(Path(f).read_text())
+                table = {"ofa_mbv3": "ofa"}.get(r["space"], r["space"])
+                r.setdefault("command", f"python benchmarks/fewshot.py --logo --space {r['space']} --table "
+                             f"../shared/data/hwnas-bench/{table}.csv.gz --seeds {r['seeds']} --json {f}")
+                r.setdefault("date", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(Path(f).stat().st_mtime)))
+                results.append(r)
         else:
             if not args.space:
                 parser.error("--logo needs --space")
@@ -362,8 +385,12 @@ def main(argv=None) -> int:
                 Path(args.json).write_text(json.dumps(results[0], indent=2))
         text = logo_markdown(results)
         print(text)
-        if args.markdown:
-            Path(args.markdown).write_text(text)
+        if args.merge:
+            from common import write_section
+
+            runs = "\n".join(f"    {r['command']}   # {r['date']}" for r in results)
+            write_section("fewshot_logo", "Few-shot latency prediction: leave one device group out", (
+                LOGO_INTRO + f"\n\nThe runs (one JSON each; then this command merges them):\n\n{runs}\n\n" + text))
         return 0
     if args.throughput:
         result = run_throughput(args)
