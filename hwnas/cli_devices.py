@@ -152,6 +152,12 @@ def _fit_summary(profile, space: str) -> str:
         lines.append(f"expected Spearman rho of latency over the space (the model's own estimate): {a['now']:.3f}; "
                      f"with {a['extra']} more samples from {more}: {a['more']:.3f} "
                      + ("(more samples would pay)" if pays else "(more samples would hardly change it)"))
+    if "energy_mJ" in rhos and hasattr(model, "estimated_energy"):
+        from scipy.stats import spearmanr
+
+        est = spearmanr(model.estimated_energy(samples.genomes), samples.values["energy_mJ"])[0]
+        lines.append(f"energy_mJ: the adapted model's leave-one-out rho {rhos['energy_mJ']:.3f} against {est:.3f} for "
+                     f"the analytical estimate (per-MAC and per-byte energy, no fit) on the same samples")
     from hwnas.devices.registry import RECOMMENDED_SAMPLES
 
     if len(samples) < RECOMMENDED_SAMPLES:

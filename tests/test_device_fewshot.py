@@ -219,3 +219,22 @@ def test_shots_that_follow_macs_make_the_flops_proxy_take_over(space):
     # A device like a meta-training one keeps the meta-learned model.
     first = meta.adapt(meta.embed(meta.reference_genomes_)[0] @ meta.members_[0]["heads"][0] * 3.0 + 10.0)
     assert first.weights_.get("meta", 0.0) + sum(w for k, w in first.weights_.items() if k.startswith("device:")) > 0.9
+
+
+@needs_artifacts
+def test_add_with_energy_compares_the_adapted_model_with_the_analytical_estimate(tmp_path, capsys):
+    """Energy samples are adapted like latency (meta-trained on latency); add compares it with the estimate."""
+    refs = device_space("fbnet").reference_archs()
+    latency = macs_latency("fbnet", refs)
+    rows = [[a, f"{v:.4f}", f"{2.5 * v + 0.3:.4f}"] for a, v in zip(refs, latency)]
+    path = write_csv(tmp_path / "e.csv", ["arch", "latency_ms", "energy_mJ"], rows)
+    assert main(["devices", "add", "metered", "--space", "fbnet", "--samples", str(path)]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("energy_mJ:"))
+    assert "leave-one-out rho" in line and "analytical estimate" in line
+    model = cost_model("metered", "fbnet")
+    assert model.labels["energy_mJ"] == "fitted"
+    # Energy that is MACs-proportional is ranked like MACs: the proxies serve energy as they serve latency.
+    from scipy.stats import spearmanr
+
+    G = device_space("fbnet").space.sample(np.random.default_rng(2), 500)
+    assert spearmanr(model.predict(G)["energy_mJ"], device_space("fbnet").tspace.macs(G))[0] > 0.9
