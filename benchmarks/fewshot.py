@@ -134,6 +134,28 @@ def run_throughput(args) -> dict:
     return out
 
 
+def meta_trained(args, bench: TabularBenchmark, train: list, seed: int) -> FewShotPredictor:
+    """Meta-train on ``train`` (seeded, so the same weights every time); with ``--meta-cache DIR`` the
+    result is kept there and reused by later runs with the same space, devices, settings and seed."""
+    predictor = FewShotPredictor.for_space(args.space, epochs=args.epochs, n_members=args.members, seed=seed,
+                                           threads=args.threads)
+    path = None
+    if args.meta_cache:
+        import hashlib
+
+        key = json.dumps([bench.name, [bench.column_name(c) for c in train], predictor.get_params()], sort_keys=True)
+        path = Path(args.meta_cache) / f"{bench.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+        if path.is_file():
+            cached = FewShotPredictor.load(path)
+            cached.proxies = predictor.proxies
+            return cached
+    predictor.meta_fit(bench, train)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        predictor.save(path)
+    return predictor
+
+
 def run(args) -> dict:
     bench = TabularBenchmark.load(args.space, args.table)
     train, test = _device_list(args.meta_train_devices), _device_list(args.test_devices)
@@ -159,9 +181,7 @@ def run(args) -> dict:
     meta_seconds, last = [], None
     for seed in range(args.seeds):
         t = time.perf_counter()
-        predictor = FewShotPredictor.for_space(
-            args.space, epochs=args.epochs, n_members=args.members, seed=seed, threads=args.threads
-        ).meta_fit(bench, train_cols)
+        predictor = meta_trained(args, bench, train_cols, seed)
         meta_seconds.append(time.perf_counter() - t)
         rng = np.random.default_rng(seed)
         for d, c in zip(test, test_cols):
@@ -251,7 +271,7 @@ def run_logo(args) -> dict:
                    for n in shot_counts} for d in test}
         for seed in range(args.seeds):
             t = time.perf_counter()
-            meta = FewShotPredictor.for_space(args.space, seed=seed, threads=args.threads).meta_fit(bench, train)
+            meta = meta_trained(args, bench, train, seed)
             seconds = time.perf_counter() - t
             for d in test:
                 values, q = bench.values(d), help_split(bench, d)[1]
@@ -348,6 +368,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="meta-training epochs (default: per space)")
     parser.add_argument("--members", type=int, default=None, help="ensemble members per seed (default: per space)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    parser.add_argument("--meta-cache", help="folder to keep meta-trained predictors in and reuse them from "
+                        "(keyed by space, devices, settings and seed)")
     lg = parser.add_argument_group("leave-one-group-out mode")
     lg.add_argument("--logo", action="store_true", help="hold out each device group of --space in turn")
     lg.add_argument("--groups", help="comma-separated subset of the groups (default: all)")

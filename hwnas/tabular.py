@@ -132,6 +132,11 @@ class TabularSpace:
         (module docstring, "Work counts"); the input of the analytical energy estimate."""
         raise NotImplementedError
 
+    def layers(self, genomes) -> np.ndarray:  # pragma: no cover - abstract
+        """(n,): the operators that run (conv, linear and pooling layers) beyond the fixed ones: a
+        proxy of per-kernel overhead, which dominates small-batch GPU latency."""
+        raise NotImplementedError
+
     def additive_features(self, genomes) -> np.ndarray:
         """Per-layer indicators for an additive (lookup-table) cost model."""
         G = _as_genomes(genomes, self.space.n_var)
@@ -262,6 +267,10 @@ class Nb201Space(TabularSpace):
     def features(self, genomes) -> np.ndarray:
         return self._feature_table[self._code(self.check(genomes))]
 
+    def layers(self, genomes) -> np.ndarray:
+        """Conv and pooling edges of the 15 cells."""
+        return NB201_CELLS * 3 * np.isin(self.check(genomes), (2, 3, 4)).sum(1).astype(float)
+
     def counts(self, genomes) -> np.ndarray:
         return self._counts_table[self._code(self.check(genomes))]
 
@@ -303,6 +312,7 @@ class FbnetSpace(TabularSpace):
                               + _conv_work(hidden, hidden, k, h, ho, groups=hidden)
                               + _conv_work(hidden, cout, 1, ho, ho, groups=g))
         self.block_work = work  # (22, 9, 3)
+        self._block_layers = np.where(np.array(FBNET_OPS) == "skip", (work[:, :, 0] > 0) * 1.0, 3.0)
         self.block_macs = work[:, :, 0]
         h_out = _fbnet_layout()[-1][3]
         self.fixed_work = (_conv_work(3, 16, 3, 32, 32) + _conv_work(352, 1504, 1, h_out, h_out)
@@ -327,6 +337,10 @@ class FbnetSpace(TabularSpace):
 
     def macs(self, genomes) -> np.ndarray:
         return self._per_block(self.check(genomes)).sum(1) + self.fixed_macs
+
+    def layers(self, genomes) -> np.ndarray:
+        """Three convs per inverted-residual block, one per skip that needs a projection."""
+        return self._block_layers[np.arange(22)[None, :], self.check(genomes)].sum(1)
 
     def counts(self, genomes) -> np.ndarray:
         G = self.check(genomes)
@@ -470,6 +484,12 @@ class OfaSpace(TabularSpace):
         if getattr(self, "_slot_work", None) is None:
             self._slot_work, self._fixed_work_by_res = self._work_tables()
         return self._slot_lookup(self._slot_work, G).sum(1) + self._fixed_work_by_res[G[:, 45]]
+
+    def layers(self, genomes) -> np.ndarray:
+        """Three convs per active block, two more in squeeze-excite stages."""
+        G = self.check(genomes)
+        per_slot = np.repeat([3.0 + 2.0 * se for _, _, se in OFA_STAGES], 4)
+        return self._active_slots(G) @ per_slot
 
     def _work_tables(self):
         """Like :meth:`_mac_tables`, the three work counts of each slot and of the fixed layers."""

@@ -296,7 +296,7 @@ class FewShotPredictor:
         folded = self._folded()
         out = np.empty(len(G))
         # Chunks keep the hidden activations in cache: ~2x faster on large batches.
-        proxy = np.mean([m.get("proxy", np.zeros(2)) for m in self.members_], 0)
+        proxy = np.mean([m.get("proxy", np.zeros(3)) for m in self.members_], 0)
         additive = np.mean([m.get("additive", np.zeros(0)) for m in self.members_], 0)
         for start in range(0, len(G), PREDICT_CHUNK):
             g = G[start : start + PREDICT_CHUNK]
@@ -563,21 +563,25 @@ class _Proxies:
 
     @staticmethod
     def raw(tspace: TabularSpace, G: np.ndarray) -> np.ndarray:
+        """(n, 3): MACs and values moved in millions, and the operators that run (kernel launches)."""
         counts = tspace.counts(G)
-        return np.stack([tspace.macs(G), counts[:, 1] + counts[:, 2]], 1) / 1e6
+        return np.stack([tspace.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, tspace.layers(G)], 1)
+
+    # Analytical models of cost: compute-bound (MACs), memory-bound (values moved), both (a roofline
+    # sum), per-kernel overhead (small-batch GPUs: the operators that run), and overhead + roofline.
+    BASES = {"flops": [0], "bytes": [1], "roofline": [0, 1], "layers": [2], "launch_roofline": [0, 1, 2]}
 
     def bases(self):
         """name -> (basis with a trailing 1, columns of the raw proxies it uses or None for additive)."""
         one = np.ones((len(self.std), 1))
-        return {"flops": (np.hstack([self.std[:, :1], one]), [0]),
-                "bytes": (np.hstack([self.std[:, 1:], one]), [1]),
-                "roofline": (np.hstack([self.std, one]), [0, 1]),
-                "layerwise": (np.hstack([self.additive, one]), None)}
+        out = {name: (np.hstack([self.std[:, cols], one]), cols) for name, cols in self.BASES.items()}
+        out["layerwise"] = (np.hstack([self.additive, one]), None)
+        return out
 
     def to_raw(self, beta: np.ndarray, columns) -> tuple:
         """A fitted basis's coefficients as (proxy coefficients on raw MACs and values, additive
         coefficients, constant)."""
-        proxy, additive = np.zeros(2), np.zeros(self.additive.shape[1])
+        proxy, additive = np.zeros(self.std.shape[1]), np.zeros(self.additive.shape[1])
         if columns is None:
             return proxy, beta[:-1], float(beta[-1])
         proxy[columns] = beta[:-1] / self.sd[columns]
@@ -632,7 +636,7 @@ def _normalise(names, scores) -> Dict[str, float]:
 def _combine(fits: dict, weights: Dict[str, float], proxies: _Proxies, k1: int):
     """The weighted candidates as one head on the embedding (bias last), proxy coefficients on raw
     MACs and values moved, and additive coefficients: prediction stays one trunk pass plus a dot."""
-    w, proxy, additive = np.zeros(k1), np.zeros(2), np.zeros(proxies.additive.shape[1])
+    w, proxy, additive = np.zeros(k1), np.zeros(proxies.std.shape[1]), np.zeros(proxies.additive.shape[1])
     for name, share in weights.items():
         f = fits[name]
         if "phi" in f:
