@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import ExperimentConfig, device_locations, device_space_name, load_config
+from .config import ExperimentConfig, data_spec, device_locations, device_space_name, load_config
 from .errors import HwnasError
 from .evaluation import Metric, SupernetMeasureTask, budget_slack, experiment_metrics, objective_matrix
 from .executors import create_executor
@@ -361,7 +361,7 @@ class SupernetSpace:
 
         self.supernet = load_checkpoint(_resolve_checkpoint(cfg))
         self.space = self.supernet.space
-        self.task = SupernetMeasureTask(_resolve_checkpoint(cfg), cfg.data, cfg.devices, metrics,
+        self.task = SupernetMeasureTask(_resolve_checkpoint(cfg), data_spec(cfg), cfg.devices, metrics,
                                         split=cfg.accuracy_eval.split, calib_images=cfg.accuracy_eval.calib_images,
                                         images=cfg.accuracy_eval.images, seed=cfg.strategy.seed)
         self.cfg = cfg

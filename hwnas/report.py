@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .config import data_spec
 from .evaluation import Metric, budget_slack, canonical_key, objective_matrix
 from .store import Candidate
 
@@ -208,7 +209,7 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         "",
         f"- space: {space}; dimensions: {', '.join(cfg.space.dimensions)}; "
         f"{exp.space.n_var} variables, {exp.space.size:.3g} sub-networks",
-        f"- data: `{cfg.data}` " + (f"(accuracy on the `{cfg.accuracy_eval.split}` split)" if cfg.space.supernet
+        f"- data: `{data_spec(cfg)}` " + (f"(accuracy on the `{cfg.accuracy_eval.split}` split)" if cfg.space.supernet
                                     else "(the table's accuracy)"),
         f"- devices: " + ", ".join(_device_text(d, exp.locations[d.name], cfg) for d in cfg.devices),
         f"- objectives: {objectives}",
