@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
 from .errors import HwnasError
+from .rundir import check_output_path
 
 KINDS = ["cpu", "gpu", "phone", "board", "accelerator", "fpga", "other"]
 
@@ -65,21 +67,32 @@ def cmd_remove(args) -> int:
 def cmd_refs(args) -> int:
     from hwnas.devices.spaces import device_space
 
+    if args.out:
+        check_output_path(Path(args.out), "--out", folder=False)
     dspace = device_space(args.space)
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["arch", "latency_ms"])
-        for arch in dspace.reference_archs():
-            writer.writerow([arch, ""])
-    finally:
-        if args.out:
-            out.close()
+    rows = [["arch", "latency_ms"]] + [[arch, ""] for arch in dspace.reference_archs()]
+    if args.out:
+        _write_csv_atomically(Path(args.out), rows)
+    else:
+        csv.writer(sys.stdout, lineterminator="\n").writerows(rows)
     if args.out:
         print(f"wrote the 10 reference architectures of {dspace.name} to {args.out}; fill in latency_ms "
               f"(and optionally energy_mJ, power_W) and run 'hwnas devices add NAME --space {dspace.name} "
               f"--samples {args.out}'", file=sys.stderr)
     return 0
+
+
+def _write_csv_atomically(path: Path, rows) -> None:
+    """Write then rename: an interrupted or failed write leaves no half file under ``path``."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+        os.replace(partial, path)
+    except OSError as err:
+        raise HwnasError(f"--out: cannot write {path}: {err.strerror or err}") from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _fit_summary(profile, space: str) -> str:
@@ -104,9 +117,13 @@ def cmd_add(args) -> int:
 
     profile = add_device(args.name, args.space, args.samples, hardware=args.hardware, kind=args.kind,
                          force=args.force, home=args.home)
+    from hwnas.devices.registry import MAX_FIT_SAMPLES
+
     samples = profile.samples(args.space)
     print(f"added {len(samples)} samples of {args.name!r} on {samples.space} ({', '.join(samples.metrics)}) "
-          f"to {profile.path}")
+          f"to {profile.path}" + (f"; its predictor fits on a seeded spread subset of {MAX_FIT_SAMPLES} of them "
+                                  f"(the fit's cost grows with the square of the rows)"
+                                  if len(samples) > MAX_FIT_SAMPLES else ""))
     print(_fit_summary(profile, args.space))
     return 0
 
@@ -114,6 +131,7 @@ def cmd_add(args) -> int:
 def cmd_predict(args) -> int:
     from hwnas.devices.predictors import cost_model
 
+    check_output_path(Path(args.out), "--out", folder=False)
     model = cost_model(args.name, args.space, args.home)
     path = Path(args.archs)
     try:
@@ -133,11 +151,8 @@ def cmd_predict(args) -> int:
 
     values = model.predict(np.stack(genomes))
     estimated = [m for m in values if model.labels[m] == "estimated"]
-    with open(args.out, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["arch"] + list(values) + ["estimated"])
-        for i, row in enumerate(rows):
-            writer.writerow([row["arch"]] + [f"{values[m][i]:.6g}" for m in values] + [";".join(estimated)])
+    _write_csv_atomically(Path(args.out), [["arch"] + list(values) + ["estimated"]] + [
+        [row["arch"]] + [f"{values[m][i]:.6g}" for m in values] + [";".join(estimated)] for i, row in enumerate(rows)])
     note = f" ({', '.join(estimated)} estimated analytically, not measured)" if estimated else ""
     print(f"predicted {', '.join(values)} of {len(rows)} architectures on {args.name!r} with {model.method}; "
           f"wrote {args.out}{note}")

@@ -7,23 +7,20 @@ search; every candidate already stored is answered from the store, never re-eval
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import ExperimentConfig, load_config
+from .config import TABLE_ACCURACY, ExperimentConfig, device_space_name
 from .errors import HwnasError
 from .evaluation import Metric, SupernetMeasureTask, budget_slack, experiment_metrics, objective_matrix
 from .executors import create_executor
+from .rundir import CONFIG_NAME, STORE_NAME, default_run_dir, plan_run_dir, resume_run_dir, start_run_dir  # noqa: F401
 from .store import Candidate, ResultsStore
 
-CONFIG_NAME = "config.yaml"
-STORE_NAME = "results.sqlite"
 # Re-measuring a front whose predictions were optimistic can pull in new members; cap the rounds.
 MAX_FRONT_ROUNDS = 20
 
@@ -89,7 +86,7 @@ class Experiment:
         if to_predict:
             self._predict(to_predict)
         self._advance(len(set(unique) - measured_keys))
-        rows = [self._effective(stored[self.space.key(g)]) for g in genomes]
+        rows = [self._effective(stored[self.space.key(g)], sources) for g in genomes]
         return objective_matrix(rows, self.metrics), budget_slack(rows, self.cfg)
 
     def _predict(self, items):
@@ -196,8 +193,13 @@ class Experiment:
         model = AccuracyPredictor(random_state=self.cfg.strategy.seed).fit(X, y)
         return lambda G: model.predict(features(G))
 
-    def _effective(self, cand: Candidate) -> Dict[str, float]:
-        return {m.key: cand.value(m.key) for m in self.metrics}
+    def _effective(self, cand: Candidate, sources: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+        """The values the search sees: with ``sources``, a predicted metric's prediction even when the
+        front's re-measurement has measured it since, so a resumed search replays as it first ran."""
+        if sources is None:
+            return {m.key: cand.value(m.key) for m in self.metrics}
+        return {m.key: cand.predicted[m.key] if sources.get(m.key) == "predicted" and m.key in cand.predicted
+                else cand.value(m.key) for m in self.metrics}
 
     def _advance(self, n: int):
         if self.progress is not None and n:
@@ -302,8 +304,7 @@ class SupernetSpace:
         self.executor = create_executor(cfg.executor.kind, workers=cfg.executor.workers,
                                         address=cfg.executor.address)
         # How device profiles name this space (hwnas devices measure --space ...).
-        self.device_space = cfg.space.supernet + ("" if cfg.space.checkpoint == "default"
-                                                  else f":{cfg.space.checkpoint}")
+        self.device_space = device_space_name(cfg)
 
     def canonical(self, genomes: np.ndarray) -> np.ndarray:
         return genomes
@@ -337,7 +338,7 @@ class TableSpace:
     that sample a space (FBNet, OFA) answer a genome with its nearest stored architecture.
     """
 
-    ACCURACY_COLUMNS = {"cifar10": "cifar10_acc", "cifar100": "cifar100_acc", "imagenet16": "imagenet16_acc"}
+    ACCURACY_COLUMNS = TABLE_ACCURACY
 
     def __init__(self, cfg: ExperimentConfig, metrics: Sequence[Metric]):
         from .tabular import TabularBenchmark
@@ -404,24 +405,15 @@ def create_space_backend(cfg: ExperimentConfig, metrics: Sequence[Metric]):
     return TableSpace(cfg, metrics)
 
 
-# --- run folders --------------------------------------------------------------------------------
-def default_run_dir(cfg: ExperimentConfig) -> Path:
-    return Path("runs") / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
+# --- run folders: hwnas.rundir (checks, lock, reuse, resume) -------------------------------------
 def prepare_run_dir(cfg: ExperimentConfig, config_path: Path, out: Optional[Path]) -> Path:
-    run_dir = Path(out or cfg.output or default_run_dir(cfg))
-    if (run_dir / STORE_NAME).exists():
-        raise HwnasError(f"{run_dir}: already holds a run; use 'hwnas resume {run_dir}' or choose another --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise HwnasError(f"{run_dir}: folder exists and is not empty; choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config_path, run_dir / CONFIG_NAME)
+    """Check, make and fill a new run folder (``hwnas run`` holds its lock through the run instead)."""
+    run_dir = plan_run_dir(cfg, Path(config_path), out)
+    start_run_dir(run_dir, Path(config_path))[0].release()
     return run_dir
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:
-    run_dir = Path(run_dir)
-    if not (run_dir / STORE_NAME).is_file() or not (run_dir / CONFIG_NAME).is_file():
-        raise HwnasError(f"{run_dir}: not a run folder (needs {CONFIG_NAME} and {STORE_NAME})")
-    return load_config(run_dir / CONFIG_NAME)
+    cfg, lock = resume_run_dir(run_dir)
+    lock.release()
+    return cfg

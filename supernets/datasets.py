@@ -113,12 +113,20 @@ def _load_embedded() -> DatasetSplits:
     return DatasetSplits("fmnist-mini", num_classes=10, **splits)
 
 
-def _load_idx_dataset(name: str, folder: str) -> DatasetSplits:
+def read_checked_idx_folder(folder: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """:func:`read_idx_folder` plus what a data set needs on top (enough images for a val split);
+    cheap enough (no tensors made) for ``hwnas validate`` to read every file in full."""
     raw = read_idx_folder(Path(folder).expanduser())
+    if len(raw["train"][0]) <= VAL_SIZE:
+        raise HwnasError(f"{folder}: only {len(raw['train'][0])} training images; need more than {VAL_SIZE} "
+                         f"for a val split")
+    return raw
+
+
+def _load_idx_dataset(name: str, folder: str) -> DatasetSplits:
+    raw = read_checked_idx_folder(folder)
     mean, std = NORMALISATION[name]
     (x, y), (xt, yt) = raw["train"], raw["t10k"]
-    if len(x) <= VAL_SIZE:
-        raise HwnasError(f"{folder}: only {len(x)} training images; need more than {VAL_SIZE} for a val split")
     return DatasetSplits(
         name,
         train=to_tensors(x[:-VAL_SIZE], y[:-VAL_SIZE], mean, std),
