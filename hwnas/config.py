@@ -362,8 +362,8 @@ def load_config(path: Union[str, Path]) -> ExperimentConfig:
 
 
 def device_space_name(cfg: ExperimentConfig) -> str:
-    """How device profiles name the experiment's space (``hwnas devices measure --space ...``)."""
-    if cfg.space.table is not None:
+    """How device profiles name the experiment's space (``hwnas devices ... --space``)."""
+    if cfg.space.supernet is None:
         return cfg.space.tabular_space
     return cfg.space.supernet + ("" if cfg.space.checkpoint == "default" else f":{cfg.space.checkpoint}")
 
@@ -386,43 +386,20 @@ def _where(cfg: ExperimentConfig, key: str) -> str:
 
 
 def check_runnable(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
-    """What the run will ask of the table, the profiles and the cost models, asked now."""
+    """What the run will ask of the table, the devices and the cost models, asked now."""
     from hwnas.devices.registry import find_device
 
-    metrics = metric_sources(cfg)
-    bench = _check_table(cfg, path) if cfg.space.table is not None else None
-    for key, (metric, device, source) in metrics.items():
-        if device is None:
-            continue
-        where = _where(cfg, key)
-        column = bench is not None and _has_column(bench, device)
-        profile = find_device(device)
-        if bench is not None and not column and profile is None:
-            raise ConfigError(path, where, f"device {device!r} is neither a column of {Path(cfg.space.table).name} "
-                                           f"(devices: {', '.join(bench.devices) or 'none'}) nor a device profile "
-                                           f"(add one with 'hwnas devices add {device} --space "
-                                           f"{cfg.space.tabular_space} --samples FILE.csv')")
-        if bench is not None and not column and source == "measured" and metric == "latency_ms":
-            raise ConfigError(path, where, f"device {device!r} is not a column of {Path(cfg.space.table).name} "
-                                           f"(devices: {', '.join(bench.devices) or 'none'}), so its latency "
-                                           f"cannot be looked up; set source: predicted (from its profile)")
-        if source == "predicted" and profile is None and metric in ("energy_mJ", "power_W"):
-            raise ConfigError(path, where, f"{metric} is predicted from a device profile and {device!r} has none; "
-                                           f"add one ('hwnas devices add {device} --space {device_space_name(cfg)} "
-                                           f"--samples FILE.csv', or 'hwnas devices measure' on this machine)")
-        if source == "predicted" and profile is not None:
-            _check_cost_model(cfg, path, where, profile, metric)
-
-
-def _has_column(bench, device: str) -> bool:
-    try:
-        bench.column_name(device)
-        return True
-    except HwnasError:
-        return False
+    if cfg.space.table is not None:
+        _check_table(cfg, path)
+    check_devices(cfg, path)
+    for key, (metric, device, source) in metric_sources(cfg).items():
+        profile = find_device(device) if device is not None and source == "predicted" else None
+        if profile is not None:
+            _check_cost_model(cfg, path, _where(cfg, key), profile, metric)
 
 
 def _check_cost_model(cfg, path, where: str, profile, metric: str) -> None:
+    """The device's cost model is built (and fitted) now, as the run will build it."""
     from hwnas.devices import cost_model
 
     try:
@@ -454,6 +431,69 @@ def _check_table(cfg: ExperimentConfig, path: Union[str, Path]):
     return bench
 
 
+def device_locations(cfg: ExperimentConfig) -> Dict[str, Any]:
+    """Device name -> :class:`hwnas.devices.location.Location` (here, or external: predicted only)."""
+    from hwnas.devices.location import locate
+
+    table_devices = None
+    if cfg.space.table is not None:
+        from .tabular import TabularBenchmark
+
+        table_devices = TabularBenchmark.load(cfg.space.tabular_space, cfg.space.table).devices
+    return {d.name: locate(d.name, d.backend, table_devices) for d in cfg.devices}
+
+
+def check_devices(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
+    """Every cost metric can be had: measured on a device that is here, or predicted by a model.
+
+    An external device (a profile only) is never timed here, so its costs must be predicted,
+    and its profile must cover the experiment's space.
+    """
+    from hwnas.devices.predictors import SAME_KEYS_AS
+
+    locations = device_locations(cfg)
+    space = device_space_name(cfg)
+    table = Path(cfg.space.table).name if cfg.space.table else None
+    for i, d in enumerate(cfg.devices):
+        loc = locations[d.name]
+        if not loc.here and loc.profile is None:
+            raise ConfigError(path, f"devices[{i}].name", f"{d.name!r} is neither a column of {table} nor a device "
+                                                          f"profile; add it with 'hwnas devices add {d.name} --space "
+                                                          f"{space} --samples FILE.csv' or name a column")
+        if not loc.here and "backend" in d.model_fields_set and d.backend in MEASURING_BACKENDS:
+            raise ConfigError(path, f"devices[{i}].backend",
+                              f"{d.name!r} is an external device ({loc.where}): it is never timed here; remove "
+                              f"'backend', or measure this machine under its own name ('hwnas devices measure')")
+    uses = [(f"objectives.{k}", k, o.source) for k, o in cfg.objectives.items()]
+    uses += [(f"budgets[{i}]", b.metric, None) for i, b in enumerate(cfg.budgets)]
+    for where, key, source in uses:
+        metric, _ = split_metric(key)
+        device = cfg.metric_device(key)
+        if device is None:
+            continue
+        loc = locations[device.name]
+        if source == "measured" and not loc.here:
+            raise ConfigError(path, where, f"device {device.name!r} is external ({loc.where}); its {metric} can "
+                                           "only be predicted: set source: predicted")
+        predicted = source == "predicted" or metric in ("energy_mJ", "power_W") or not loc.here
+        if not predicted:
+            continue
+        profile = loc.profile
+        if profile is None:
+            if metric in ("energy_mJ", "power_W"):
+                make = (f"hwnas devices measure {device.name} --space {space}" if cfg.space.supernet
+                        else f"hwnas devices add {device.name} --space {space} --samples FILE.csv")
+                raise ConfigError(path, where, f"{metric} comes from a device profile and {device.name!r} has none; "
+                                               f"make one with '{make}'")
+            continue  # predicted by a model fitted on the run's measured initial samples
+        covered = profile.has_space(space) or profile.file("lut", space, "json").is_file() or (
+            cfg.space.supernet is not None and SAME_KEYS_AS.get(cfg.space.supernet) in profile.spaces)
+        if not covered:
+            raise ConfigError(path, where, f"device {device.name!r} has no samples for space {space} (it has: "
+                                           f"{', '.join(profile.spaces) or 'none'}); add them with 'hwnas devices add "
+                                           f"{device.name} --space {space} --samples FILE.csv'")
+
+
 #: Device-block settings a measured profile supplies when the experiment does not set them.
 PROFILE_SETTINGS = ("backend", "batch_size", "threads", "clock", "statistic")
 
@@ -476,7 +516,9 @@ def with_profile_settings(cfg: ExperimentConfig, path: Union[str, Path]) -> Expe
             if obstacle is not None:
                 raise ConfigError(path, f"devices[{i}].reanchor",
                                   f"{obstacle}, so its references cannot be re-timed here; allowed: auto, false")
-        if profile is None or profile.spec.backend not in MEASURING_BACKENDS:
+        # Only a device measured here (this host, or its Ray node) is timed in a run, so only its settings matter.
+        if profile is None or profile.spec.backend not in MEASURING_BACKENDS or (
+                profile_obstacle(profile.spec) is not None and not profile.spec.ray_resource):
             devices.append(device)
             continue
         inherited = {k: getattr(profile.spec, k) for k in PROFILE_SETTINGS
