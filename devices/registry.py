@@ -181,9 +181,10 @@ def read_samples(path: os.PathLike, space: str | DeviceSpace, min_rows: int = MI
                    {c: np.asarray(v, dtype=float) for c, v in values.items()}, path)
 
 
-#: Rows a cost model fits on at most: the few-shot fit and the robust line fit grow with the square of
-#: the rows (10,000 rows would need ~126 GiB), and a few hundred well-spread rows fit as well.
-MAX_FIT_SAMPLES = 200
+#: Rows a cost model fits on at most. The few-shot fit's cost grows steeply with the rows (on 2 shared
+#: cores: 10 rows 0.4 s, 30 rows 0.7 s, 60 rows 1.5 s, 200 rows 240 s; 10,000 rows needed 126 GiB), and
+#: ``devices add`` refits once per row for its leave-one-out check; the meta-learned prior needs few.
+MAX_FIT_SAMPLES = 30
 
 
 def fit_samples(samples: Samples, max_rows: int = MAX_FIT_SAMPLES) -> Samples:

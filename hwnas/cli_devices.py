@@ -122,7 +122,7 @@ def cmd_add(args) -> int:
     samples = profile.samples(args.space)
     print(f"added {len(samples)} samples of {args.name!r} on {samples.space} ({', '.join(samples.metrics)}) "
           f"to {profile.path}" + (f"; its predictor fits on a seeded spread subset of {MAX_FIT_SAMPLES} of them "
-                                  f"(the fit's cost grows with the square of the rows)"
+                                  f"(the few-shot fit's cost grows steeply with the rows)"
                                   if len(samples) > MAX_FIT_SAMPLES else ""))
     print(_fit_summary(profile, args.space))
     return 0
