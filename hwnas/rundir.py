@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import socket
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -282,3 +283,18 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> List[str]:
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [k for i, (a, b) in enumerate(zip(old, new)) for k in changed_keys(a, b, f"{prefix}[{i}]")]
     return [] if old == new else [prefix or "(the whole file)"]
+
+
+@contextmanager
+def holding(lock: RunLock, run_dir: Path, created: bool):
+    """Run inside ``with holding(...)``: the lock is released at the end, and a run that fails before
+    its first candidate removes the folder this invocation made (nothing in it to lose)."""
+    try:
+        yield
+    except HwnasError:
+        lock.release()
+        if created:
+            remove_unstarted(run_dir)
+        raise
+    finally:
+        lock.release()
