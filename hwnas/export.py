@@ -33,7 +33,7 @@ import torch
 from .config import ExperimentConfig, data_spec, read_yaml
 from .errors import HwnasError
 from .evaluation import Metric, accuracy_images, experiment_metrics
-from .pipeline import CONFIG_NAME, RUN_FORMAT_VERSION, STORE_NAME, front_of, load_run_config
+from .pipeline import CONFIG_NAME, STORE_NAME, front_of, load_run_config
 from .store import Candidate, ResultsStore
 from .supernets.base import sha256_file
 
@@ -91,7 +91,8 @@ class RunFolder:
 
 
 def open_run(run_dir) -> RunFolder:
-    """Read a run folder without changing it; bad folders are one line."""
+    """Read a run folder without changing it; bad folders (a damaged store, one of a newer schema version)
+    are one line."""
     run_dir = Path(run_dir)
     raw = read_yaml(run_dir / CONFIG_NAME) if (run_dir / CONFIG_NAME).is_file() else None
     space = raw.get("space") if isinstance(raw, dict) else None
@@ -99,12 +100,8 @@ def open_run(run_dir) -> RunFolder:
         raise HwnasError(f"{run_dir}: a {space.get('tabular_space', 'table')} table run has no weights to rebuild: its "
                          f"sub-networks are rows of a benchmark table ({space['table']}), not networks")
     cfg = load_run_config(run_dir)
-    store = ResultsStore(run_dir / STORE_NAME, readonly=True)
+    store = ResultsStore(run_dir / STORE_NAME, readonly=True)  # refuses a store of a newer schema version
     try:
-        version = store.get_meta("format_version", RUN_FORMAT_VERSION)
-        if version != RUN_FORMAT_VERSION:
-            raise HwnasError(f"{run_dir}: run folder format version {version}; this hwnas reads version "
-                             f"{RUN_FORMAT_VERSION} (export it with the hwnas that made it)")
         meta = {k: store.get_meta(k) for k in ("status", "checkpoint_sha256", "wall_time_s")}
         candidates = store.candidates()
     finally:

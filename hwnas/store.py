@@ -18,6 +18,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from .errors import HwnasError
+from .faults import point
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,36 +70,102 @@ class Candidate:
         return "predicted" if name in self.predicted else None
 
 
+#: Bumped whenever the tables change; a store from a newer hwnas is refused, not misread.
+SCHEMA_VERSION = 1
+TABLES = ("meta", "candidates", "objectives", "generations")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _read_only(path: Path):
+    """Open ``path`` read-only; returns (connection, cleanup). Reading a WAL database makes its
+    ``-wal``/``-shm`` files: cleanup removes them again when they were not there and hold nothing."""
+    side = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    absent = [p for p in side if not p.exists()]
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+    def cleanup():
+        db.close()
+        wal = Path(f"{path}-wal")
+        if wal in absent and (not wal.exists() or wal.stat().st_size == 0):
+            for p in absent:
+                p.unlink(missing_ok=True)
+    return db, cleanup
+
+
+def check_store(path, purpose: str = "resume") -> None:
+    """A results store that ``resume`` may continue (``purpose="read"``: that export or evaluate may read):
+    SQLite, intact, our tables, a known schema.
+
+    Raises one :class:`HwnasError` line otherwise; the file is opened read-only and left as it was.
+    """
+    path = Path(path)
+    advice = ("it cannot be resumed; start the search again in a new folder (hwnas run FILE --out NEW)"
+              if purpose == "resume" else "its candidates cannot be read")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as err:
+        raise HwnasError(f"{path}: cannot read the results store: {err}") from None
+    if head != SQLITE_MAGIC:
+        raise HwnasError(f"{path}: not an SQLite results store ({'empty file' if not head else 'other content'}); "
+                         f"{advice}")
+    cleanup = None
+    try:
+        db, cleanup = _read_only(path)
+        problems = [r[0] for r in db.execute("PRAGMA integrity_check(5)")]
+        if problems != ["ok"]:
+            raise HwnasError(f"{path}: the results store is damaged ({problems[0]}); {advice}")
+        have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [t for t in TABLES if t not in have]
+        if missing:
+            raise HwnasError(f"{path}: not an hwnas results store (no table {', '.join(missing)}); {advice}")
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = json.loads(row[0]) if row else 1  # stores written before versions were recorded
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise HwnasError(f"{path}: results store schema version {version!r}; this hwnas reads up to "
+                             f"{SCHEMA_VERSION} (a newer hwnas wrote it)")
+    except sqlite3.DatabaseError as err:
+        raise HwnasError(f"{path}: the results store is damaged ({err}); {advice}") from None
+    finally:
+        if cleanup is not None:
+            cleanup()
+
+
+def count_candidates(path) -> int:
+    """Candidates in a store :func:`check_store` accepted (0: its run never reached the first one)."""
+    db, cleanup = _read_only(Path(path))
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
+    finally:
+        cleanup()
+
+
 class ResultsStore:
     """``readonly``: open an existing store without writing to it (export, evaluate): a file that
     is not a results store is one clear line, and the run is left exactly as it was."""
 
     def __init__(self, path, readonly: bool = False):
         self.path = Path(path)
-        if readonly:
-            if not self.path.is_file():
-                raise HwnasError(f"{self.path}: no such results store")
-            # Without pending WAL content, open it immutable: SQLite then creates no -wal/-shm files beside it.
-            wal = self.path.with_name(self.path.name + "-wal")
-            flags = "mode=ro" if wal.is_file() and wal.stat().st_size else "mode=ro&immutable=1"
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None)
-            try:
-                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            except sqlite3.DatabaseError as err:
-                self._db.close()
-                raise HwnasError(f"{self.path}: not a results store ({err})") from None
-            missing = sorted({"meta", "candidates", "objectives"} - tables)
-            if missing:
-                self._db.close()
-                raise HwnasError(f"{self.path}: not a results store (no table {', '.join(missing)})")
+        self._cleanup = None
+        if readonly:  # checked first (intact, our tables, a schema this hwnas reads), then never written
+            check_store(self.path, purpose="read")
+            self._db, self._cleanup = _read_only(self.path)
             return
-        self._db = sqlite3.connect(str(self.path), isolation_level=None)  # autocommit
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None)  # autocommit
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            if self.get_meta("schema_version") is None:
+                self.set_meta("schema_version", SCHEMA_VERSION)
+        except sqlite3.DatabaseError as err:
+            raise HwnasError(f"{self.path}: cannot open the results store: {err}") from None
 
     def close(self):
-        self._db.close()
+        if self._cleanup is not None:
+            self._cleanup()  # a read-only open: removes the -wal/-shm files reading made, if they hold nothing
+        else:
+            self._db.close()
 
     # --- meta ----------------------------------------------------------------------
     def set_meta(self, key: str, value) -> None:
@@ -119,6 +186,7 @@ class ResultsStore:
             (key, json.dumps([int(g) for g in genome]), json.dumps(config, default=_json_default),
              int(generation), time.time()),
         )
+        point("candidate-added")
         return int(cur.lastrowid)
 
     def record(self, candidate_id: int, values: Dict[str, float], source: str, wall_time_s: float) -> None:
@@ -134,10 +202,12 @@ class ResultsStore:
                 "INSERT INTO objectives VALUES (?, ?, ?, ?, ?, ?)",
                 [(candidate_id, name, source, float(v), float(wall_time_s), now) for name, v in values.items()],
             )
+        point("values-recorded")
 
     def record_generation(self, generation: int) -> None:
         n = self._db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
         self._db.execute("INSERT OR REPLACE INTO generations VALUES (?, ?, ?)", (generation, n, time.time()))
+        point("generation-recorded")
 
     def finished_generations(self) -> List[int]:
         return [r[0] for r in self._db.execute("SELECT generation FROM generations ORDER BY generation")]

@@ -64,13 +64,13 @@ def config_of(run_dir, cid):
     return next(c.config for c in open_run(run_dir).candidates if c.id == int(cid))
 
 
-def test_run_records_format_version_and_checkpoint_sha256(run_dir):
+def test_run_records_schema_version_and_checkpoint_sha256(run_dir):
     from hwnas.supernets import checkpoint_sha256
 
     db = sqlite3.connect(run_dir / "results.sqlite")
     meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
     db.close()
-    assert meta["format_version"] == 1
+    assert meta["schema_version"] == 1
     assert meta["checkpoint_sha256"] == checkpoint_sha256(run_dir.parent / "supernet.pt")
 
 
@@ -234,7 +234,7 @@ def _copy_run(run_dir, tmp_path, checkpoint=None):
 def _other_version(run_dir, tmp_path):
     copy = _copy_run(run_dir, tmp_path)
     db = sqlite3.connect(copy / "results.sqlite")
-    db.execute("UPDATE meta SET value = '2' WHERE key = 'format_version'")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     db.commit()
     db.close()
     return copy
@@ -273,7 +273,7 @@ BAD_INPUTS = [
     ("rank zero", lambda r, t: r, ["--rank", "0"], "--rank 0"),
     ("unknown metric", lambda r, t: r, ["--rank", "1", "--by", "energy"], "--by energy"),
     ("unknown format", lambda r, t: r, ["--rank", "1", "--format", "onnx,tflite"], "'tflite'"),
-    ("other format version", _other_version, ["--rank", "1"], "format version 2"),
+    ("other format version", _other_version, ["--rank", "1"], "schema version 2"),
     ("missing checkpoint", _missing_checkpoint, ["--rank", "1"], "space.checkpoint"),
     ("changed checkpoint", _changed_checkpoint, ["--rank", "1"], "sha256"),
     ("table run", _table_run, ["--pick", "1"], "no weights"),
