@@ -221,13 +221,9 @@ def test_front_exports_one_folder_per_member(run_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------- bad input
-def _copy_run(run_dir, tmp_path, checkpoint=None):
+def _copy_run(run_dir, tmp_path):
     copy = tmp_path / "run-copy"
     shutil.copytree(run_dir, copy)
-    if checkpoint is not None:
-        cfg = yaml.safe_load((copy / "config.yaml").read_text())
-        cfg["space"]["checkpoint"] = str(checkpoint)
-        (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
     return copy
 
 
@@ -240,17 +236,14 @@ def _other_version(run_dir, tmp_path):
     return copy
 
 
-def _missing_checkpoint(run_dir, tmp_path):
-    return _copy_run(run_dir, tmp_path, checkpoint=tmp_path / "gone.pt")
-
-
 def _changed_checkpoint(run_dir, tmp_path):
-    from hwnas import supernets
-
-    net = supernets.load_checkpoint(run_dir.parent / "supernet.pt")
-    changed = tmp_path / "changed.pt"
-    supernets.save_checkpoint(net, changed, {"note": "same weights, other file"})
-    return _copy_run(run_dir, tmp_path, checkpoint=changed)
+    """The run as it would look had its checkpoint file changed since it started: the sha256 it stored differs."""
+    copy = _copy_run(run_dir, tmp_path)
+    db = sqlite3.connect(copy / "results.sqlite")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'checkpoint_sha256'", (json.dumps("0" * 64),))
+    db.commit()
+    db.close()
+    return copy
 
 
 def _table_run(run_dir, tmp_path):
@@ -274,7 +267,6 @@ BAD_INPUTS = [
     ("unknown metric", lambda r, t: r, ["--rank", "1", "--by", "energy"], "--by energy"),
     ("unknown format", lambda r, t: r, ["--rank", "1", "--format", "onnx,tflite"], "'tflite'"),
     ("other format version", _other_version, ["--rank", "1"], "schema version 2"),
-    ("missing checkpoint", _missing_checkpoint, ["--rank", "1"], "space.checkpoint"),
     ("changed checkpoint", _changed_checkpoint, ["--rank", "1"], "sha256"),
     ("table run", _table_run, ["--pick", "1"], "no weights"),
     ("name escapes", lambda r, t: r, ["--rank", "1", "--name", "../escaped"], "escapes the output folder"),
@@ -293,6 +285,19 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path, capsys, wha
     assert len(err.splitlines()) == 1 and fragment in err, err
     assert not out.exists() and not list(tmp_path.glob(".out*")) and not (tmp_path / "escaped.onnx").exists()
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_missing_checkpoint_is_one_line_and_writes_nothing(run_dir, tmp_path, capsys):
+    checkpoint = run_dir.parent / "supernet.pt"
+    away = checkpoint.with_name("supernet.pt.away")
+    checkpoint.rename(away)
+    try:
+        assert main(["export", str(run_dir), "--rank", "1", "--out", str(tmp_path / "out")]) == 2
+    finally:
+        away.rename(checkpoint)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "space.checkpoint" in err and str(checkpoint) in err, err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
 def test_output_folder_not_empty_needs_force_and_never_the_run(run_dir, tmp_path, capsys):
