@@ -313,7 +313,7 @@ def logo_markdown(results: list) -> str:
     names = ["flops", "layerwise", "nearest", "non_meta"]
     for r in results:
         ten = "10" if 10 in r["shots"] else str(r["shots"][0])
-        lines += [f"### {r['space']}: leave one group out, {ten} shots, {r['seeds']} seed(s)", "",
+        lines += [f"### {r['space']}: leave one group out, {ten} shots, {r['seeds']} seed(s) (run {r.get('date', '?')})", "",
                   "| held out | device | ours | expected (model) | FLOPs | layer-wise | nearest device | non-meta GP | ours ≥ best baseline |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         rows = []
