@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
 from .errors import HwnasError
+from .rundir import check_output_path
 
 KINDS = ["cpu", "gpu", "phone", "board", "accelerator", "fpga", "other"]
 LOW_RHO = 0.8  # leave-one-out Spearman rho below which `devices add` advises more samples
@@ -68,6 +70,8 @@ def _refs_rows(args):
     """(arch, {metric: value}) rows of the template: see the ``refs`` help."""
     from hwnas.devices.spaces import device_space
 
+    if args.out:
+        check_output_path(Path(args.out), "--out", folder=False)
     dspace = device_space(args.space)
     n = args.n if args.n is not None else 10
     if n < 1:
@@ -105,15 +109,12 @@ def _calibration(dspace, n):
 def cmd_refs(args) -> int:
     rows, after, dspace = _refs_rows(args)
     metrics = ["latency_ms"] + sorted({m for _, v in rows for m in v} - {"latency_ms"})
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["arch"] + metrics)
-        for arch, values in rows:
-            writer.writerow([arch] + [f"{values[m]:.6g}" if m in values else "" for m in metrics])
-    finally:
-        if args.out:
-            out.close()
+    table = [["arch"] + metrics] + [[arch] + [f"{values[m]:.6g}" if m in values else "" for m in metrics]
+                                     for arch, values in rows]
+    if args.out:
+        _write_csv_atomically(Path(args.out), table)
+    else:
+        csv.writer(sys.stdout, lineterminator="\n").writerows(table)
     if args.out:
         blank = sum(1 for _, v in rows if not v)
         how = ("the space's reference architectures first, then ones chosen to reduce the few-shot predictor's "
@@ -127,6 +128,19 @@ def cmd_refs(args) -> int:
               f"latency_ms (and optionally energy_mJ, power_W) and run 'hwnas devices add {name} --space "
               f"{dspace.name} --samples {args.out}{force}'", file=sys.stderr)
     return 0
+
+
+def _write_csv_atomically(path: Path, rows) -> None:
+    """Write then rename: an interrupted or failed write leaves no half file under ``path``."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+        os.replace(partial, path)
+    except OSError as err:
+        raise HwnasError(f"--out: cannot write {path}: {err.strerror or err}") from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _fit_summary(profile, space: str) -> str:
@@ -176,9 +190,13 @@ def cmd_add(args) -> int:
 
     profile = add_device(args.name, args.space, args.samples, hardware=args.hardware, kind=args.kind,
                          force=args.force, home=args.home)
+    from hwnas.devices.registry import MAX_FIT_SAMPLES
+
     samples = profile.samples(args.space)
     print(f"added {len(samples)} samples of {args.name!r} on {samples.space} ({', '.join(samples.metrics)}) "
-          f"to {profile.path}")
+          f"to {profile.path}" + (f"; its predictor fits on a seeded spread subset of {MAX_FIT_SAMPLES} of them "
+                                  f"(the few-shot fit's cost grows steeply with the rows)"
+                                  if len(samples) > MAX_FIT_SAMPLES else ""))
     print(_fit_summary(profile, args.space))
     return 0
 
@@ -186,6 +204,7 @@ def cmd_add(args) -> int:
 def cmd_predict(args) -> int:
     from hwnas.devices.predictors import cost_model
 
+    check_output_path(Path(args.out), "--out", folder=False)
     model = cost_model(args.name, args.space, args.home)
     path = Path(args.archs)
     try:
@@ -205,11 +224,8 @@ def cmd_predict(args) -> int:
 
     values = model.predict(np.stack(genomes))
     estimated = [m for m in values if model.labels[m] == "estimated"]
-    with open(args.out, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["arch"] + list(values) + ["estimated"])
-        for i, row in enumerate(rows):
-            writer.writerow([row["arch"]] + [f"{values[m][i]:.6g}" for m in values] + [";".join(estimated)])
+    _write_csv_atomically(Path(args.out), [["arch"] + list(values) + ["estimated"]] + [
+        [row["arch"]] + [f"{values[m][i]:.6g}" for m in values] + [";".join(estimated)] for i, row in enumerate(rows)])
     note = f" ({', '.join(estimated)} estimated analytically, not measured)" if estimated else ""
     print(f"predicted {', '.join(values)} of {len(rows)} architectures on {args.name!r} with {model.method}; "
           f"wrote {args.out}{note}")

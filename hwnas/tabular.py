@@ -42,6 +42,7 @@ import csv
 import gzip
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -571,10 +572,13 @@ def _read_csv(path: Path) -> Tuple[List[str], List[List[str]]]:
             rows = list(csv.reader(f))
     except FileNotFoundError:
         raise HwnasError(f"benchmark table not found: {path}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise HwnasError(f"cannot read benchmark table {path}: {err}") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as err:
+        # EOFError: a truncated gzip file; the whole file is read, so damage anywhere shows here.
+        raise HwnasError(f"cannot read benchmark table {path}: {err or type(err).__name__}") from None
     if not rows:
         raise HwnasError(f"benchmark table {path} is empty")
+    if not any(any(cell.strip() for cell in r) for r in rows[1:]):
+        raise HwnasError(f"benchmark table {path} has a header but no rows; at least one row is needed")
     return rows[0], rows[1:]
 
 
@@ -618,6 +622,9 @@ def _parse(space_name: str, path: str) -> _Parsed:
     numeric, text = {}, {}
     for name, values in zip(header, cols):
         as_float = None if name == arch_column or name == "op_idx" else _to_float(values)
+        if as_float is None and name.endswith((LATENCY_SUFFIX, "_acc")):  # a metric column must be numbers
+            line, bad = next((i, v) for i, v in enumerate(values, start=2) if _to_float([v]) is None)
+            raise HwnasError(f"benchmark table {path}: row {line}: column {name}: {bad!r} is not a number")
         if as_float is None:
             text[name] = list(values)
         else:
