@@ -132,6 +132,16 @@ class TabularCostModel(CostModel):
     def _refit(self, samples: Samples) -> "TabularCostModel":
         return TabularCostModel(self.profile, self.dspace, samples)
 
+    def advice(self, extra: int = 10) -> Dict[str, float]:
+        """The latency model's own expected Spearman rho over the space now and after ``extra`` more
+        samples chosen to reduce its uncertainty (``hwnas devices refs --device``)."""
+        model = self.adapted["latency_ms"]
+        return {"now": model.expected_rho(), "more": model.expected_rho(extra), "extra": extra}
+
+    def suggest(self, n: int) -> np.ndarray:
+        """``n`` architectures not among the samples that most reduce the latency model's uncertainty."""
+        return self.adapted["latency_ms"].suggest(n, measured=self.samples.genomes)
+
     def extrapolated(self, genomes) -> Dict[str, np.ndarray]:
         """Per fitted metric, where the raw prediction fell below the knee (softly floored there)."""
         return {m: model.predict(genomes) < self.knees[m] for m, model in self.adapted.items()}

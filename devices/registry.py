@@ -37,6 +37,7 @@ from .spaces import DeviceSpace, device_space
 SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILE_FILE = "device.yaml"
 MIN_SAMPLES = 5
+RECOMMENDED_SAMPLES = 10  # the space's reference architectures
 REQUIRED_COLUMNS = ("arch", "latency_ms")
 OPTIONAL_COLUMNS = ("latency_median_ms", "latency_iqr_ms", "energy_mJ", "power_W")
 METRIC_COLUMNS = ("latency_ms", "energy_mJ", "power_W")
