@@ -10,8 +10,8 @@ A run folder holds ``config.yaml`` (the file as given), ``results.sqlite`` and `
   refused in one line; the kernel drops the lock when its owner dies, so a lock left by a
   killed run is stale and taken over.
 * **Reusable until the run really started**: a folder holding only run files and no stored
-  candidate (a run killed while starting, a cluster that could not be reached) is started
-  afresh by ``run``; ``resume`` starts it too.
+  value (a run killed while starting, a cluster that could not be reached at the first
+  measurement) is started afresh by ``run``; ``resume`` starts it too.
 * **Checked before a resume**: the store's integrity and schema version, and that
   ``config.yaml`` still says what the store was built from (the changed keys are named).
 """
@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .config import ExperimentConfig, load_config, parse_config, read_yaml
 from .errors import ConfigError, HwnasError
 from .faults import point
-from .store import ResultsStore, check_store, count_candidates
+from .store import ResultsStore, check_store, count_values
 
 CONFIG_NAME = "config.yaml"
 STORE_NAME = "results.sqlite"
@@ -110,7 +110,7 @@ def _check_reusable(run_dir: Path) -> None:
     names = {p.name for p in run_dir.iterdir()}
     if STORE_NAME in names:
         check_store(run_dir / STORE_NAME)
-        if count_candidates(run_dir / STORE_NAME) > 0:
+        if count_values(run_dir / STORE_NAME) > 0:
             raise HwnasError(f"{run_dir}: already holds a run; use 'hwnas resume {run_dir}' or choose another folder")
     if names - set(RUN_FILES):
         raise HwnasError(f"{run_dir}: folder exists and holds other files "
@@ -191,7 +191,7 @@ def start_run_dir(run_dir: Path, config_path: Path) -> Tuple[RunLock, bool]:
     """Make ``run_dir`` (planned by :func:`plan_run_dir`), lock it, copy the file in and create the store.
 
     Returns the held lock and whether the folder was made here (so a run that fails before
-    its first candidate can remove what it made). A folder left by a run that never
+    its first value can remove what it made). A folder left by a run that never
     started is cleared and reused.
     """
     created = not run_dir.exists()
@@ -224,10 +224,10 @@ def start_run_dir(run_dir: Path, config_path: Path) -> Tuple[RunLock, bool]:
 
 
 def remove_unstarted(run_dir: Path) -> None:
-    """Remove a folder this invocation made if no candidate reached its store (nothing to lose)."""
+    """Remove a folder this invocation made if no value reached its store (nothing to lose)."""
     store = run_dir / STORE_NAME
     try:
-        if store.exists() and count_candidates(store) > 0:
+        if store.exists() and count_values(store) > 0:
             return
     except Exception:  # an unreadable store is left for the user to look at
         return
@@ -288,7 +288,7 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> List[str]:
 @contextmanager
 def holding(lock: RunLock, run_dir: Path, created: bool):
     """Run inside ``with holding(...)``: the lock is released at the end, and a run that fails before
-    its first candidate removes the folder this invocation made (nothing in it to lose)."""
+    its first value removes the folder this invocation made (nothing in it to lose)."""
     try:
         yield
     except HwnasError:
