@@ -75,7 +75,10 @@ def check_output_path(path: Path, what: str, folder: bool) -> Path:
             raise HwnasError(f"{what}: {path} is a file, not a folder; choose another path")
         if not folder and path.is_dir():
             raise HwnasError(f"{what}: {path} is a folder; give a file name")
-    existing = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
+    if path.exists():  # an existing file is overwritten (atomically, by the caller): its folder must be writable
+        existing = path if folder else path.absolute().parent
+    else:
+        existing = next(p for p in path.absolute().parents if p.exists())
     if not existing.is_dir():
         raise HwnasError(f"{what}: {existing} is a file, so {path} cannot be made under it; choose another path")
     if not folder and not path.exists() and existing != path.absolute().parent:
