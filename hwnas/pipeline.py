@@ -292,10 +292,13 @@ class SupernetSpace:
     """A supernet's architecture space; measurement fans out over the executor."""
 
     def __init__(self, cfg: ExperimentConfig, metrics: Sequence[Metric]):
+        from hwnas.dimensions import JointSpace
         from hwnas.supernets import load_checkpoint
 
         self.supernet = load_checkpoint(_resolve_checkpoint(cfg))
-        self.space = self.supernet.space
+        # architecture x the compression dimensions searched (the supernet's own space if none)
+        self.joint = JointSpace(self.supernet, cfg.space.dimensions, cfg.space.dimension_options)
+        self.space = self.joint.space
         self.task = SupernetMeasureTask(_resolve_checkpoint(cfg), cfg.data, cfg.devices, metrics,
                                         split=cfg.accuracy_eval.split, calib_images=cfg.accuracy_eval.calib_images,
                                         images=cfg.accuracy_eval.images, seed=cfg.strategy.seed)
@@ -312,7 +315,11 @@ class SupernetSpace:
         return self.space.decode(genome)
 
     def describe(self, config: Dict) -> str:
-        return self.supernet.describe(config)
+        return self.joint.describe(config)
+
+    def columns(self, config: Dict) -> Dict:
+        """Readable columns of the compression dimensions (``prune.stage1``, ``quant.block5``, ...)."""
+        return self.joint.columns(config)
 
     def measure(self, requests):
         return self.executor.map(self.task, requests)

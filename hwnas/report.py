@@ -17,11 +17,12 @@ ESTIMATE_NOTE = ("analytical estimates (MACs and memory traffic x per-operation 
                  "hwnas.devices.energy), not measurements")
 
 
-def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe, estimated=()) -> List[Dict]:
+def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe, estimated=(), columns=None) -> List[Dict]:
     rows = []
     for c in cands:
         row = {"id": c.id, "arch": describe(c.config), "generation": c.generation,
                "config": json.dumps(c.config, sort_keys=True)}
+        row.update(columns(c.config) if columns else {})  # keep ratios, precisions: one column each
         for m in metrics:
             row[m.key] = c.value(m.key)
             source = c.source(m.key)
@@ -154,8 +155,9 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     describe = exp.space_backend.describe
     cands = exp.store.candidates()
     estimated = exp.estimated_keys()
-    write_csv(run_dir / "candidates.csv", _rows(cands, exp.metrics, describe, estimated))
-    front_rows = _rows(front, exp.metrics, describe, estimated)
+    columns = getattr(exp.space_backend, "columns", None)
+    write_csv(run_dir / "candidates.csv", _rows(cands, exp.metrics, describe, estimated, columns))
+    front_rows = _rows(front, exp.metrics, describe, estimated, columns)
     write_csv(run_dir / "front.csv", front_rows)
     history = hypervolume_history(exp)
     hv_vs_true = hypervolume_vs_exhaustive(exp, front)
