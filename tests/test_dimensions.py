@@ -278,3 +278,18 @@ def test_joint_search_end_to_end_from_yaml(tmp_path):
                          for r in front)
     report = (out / "report.md").read_text()
     assert "dimensions: architecture, pruning, quantization" in report and "onnxruntime-cpu" in report
+
+
+def test_energy_estimate_knows_int8_layers_and_pruned_channels(default, data):
+    from hwnas.devices.energy import count_by_precision, count_model, estimate_model
+
+    config = default.largest_config()
+    fp32 = materialize(default, config, data.train[0], 64, 0)
+    int8 = materialize(default, with_values(config, quant__block4="int8", quant__head="int8"), data.train[0], 64, 0)
+    pruned = materialize(default, {**config, **all_stages(default, 0.5)}, data.train[0], 64, 0)
+    parts = count_by_precision(int8, data.input_shape)
+    assert set(parts) == {"fp32", "int8"} and parts["int8"].macs > 0
+    assert parts["fp32"].macs + parts["int8"].macs == count_model(fp32, data.input_shape).macs  # same layers
+    e = {name: estimate_model(m, data.input_shape, batch_size=8)["energy_mJ"]
+         for name, m in (("fp32", fp32), ("int8", int8), ("pruned", pruned))}
+    assert e["int8"] < e["fp32"] and e["pruned"] < e["fp32"]

@@ -189,6 +189,7 @@ def test_quickstart_at_reduced_size(tmp_path):
     cfg = yaml.safe_load((root / "experiments" / "quickstart.yaml").read_text())
     cfg["strategy"].update(population=6, generations=2, initial_samples=8)
     cfg["accuracy_eval"].update(images=500, calib_images=200)
+    cfg["executor"] = {"kind": "local"}  # the shipped file's Ray workers: tests/test_pipeline.py::test_ray_*
     path = tmp_path / "quickstart-small.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
@@ -196,6 +197,7 @@ def test_quickstart_at_reduced_size(tmp_path):
     front = read_csv(out / "front.csv")
     assert front and all(r["accuracy_source"] == "measured" and r["latency_ms_source"] == "measured" for r in front)
     assert all(0.5 < float(r["accuracy"]) <= 1 for r in front)  # the shipped supernet is trained
+    assert {"prune.stage0", "quant.stem", "quant.head"} <= set(front[0])  # architecture x pruning x quantization
 
 
 @requires(BENCH / "nb201.csv.gz")
