@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import ExperimentConfig, device_locations, device_space_name, load_config
+from .config import DeviceConfig, ExperimentConfig, device_locations, device_space_name, load_config
 from .errors import HwnasError
 from .evaluation import Metric, SupernetMeasureTask, budget_slack, experiment_metrics, objective_matrix
 from .executors import create_executor
@@ -27,6 +27,9 @@ CONFIG_NAME = "config.yaml"
 STORE_NAME = "results.sqlite"
 # Re-measuring a front whose predictions were optimistic can pull in new members; cap the rounds.
 MAX_FRONT_ROUNDS = 20
+# The backend a device block without one got when the run started (onnxruntime-cpu since the
+# compression dimensions; torch-cpu before): a resumed run keeps timing one way.
+DEFAULT_BACKEND_META, OLD_DEFAULT_BACKEND = "default_backend", "torch-cpu"
 
 
 @dataclass
@@ -277,6 +280,8 @@ class Experiment:
 
         start = time.time()
         self.store.set_meta("status", "running")
+        if self.store.get_meta(DEFAULT_BACKEND_META) is None:  # a resume of an older run keeps its default
+            self.store.set_meta(DEFAULT_BACKEND_META, DeviceConfig.model_fields["backend"].default)
         init = self.initial_samples()
         if len(init):
             self.evaluate(init, generation=0, sources=self._all_measured())
@@ -528,4 +533,12 @@ def load_run_config(run_dir: Path) -> ExperimentConfig:
     run_dir = Path(run_dir)
     if not (run_dir / STORE_NAME).is_file() or not (run_dir / CONFIG_NAME).is_file():
         raise HwnasError(f"{run_dir}: not a run folder (needs {CONFIG_NAME} and {STORE_NAME})")
-    return load_config(run_dir / CONFIG_NAME)
+    cfg = load_config(run_dir / CONFIG_NAME)
+    store = ResultsStore(run_dir / STORE_NAME)
+    try:
+        default = store.get_meta(DEFAULT_BACKEND_META, OLD_DEFAULT_BACKEND)  # runs from before it was stored
+    finally:
+        store.close()
+    devices = [d if "backend" in d.model_fields_set else d.model_copy(update={"backend": default})
+               for d in cfg.devices]
+    return cfg.model_copy(update={"devices": devices})

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT
+from conftest import FMNIST, ROOT, requires
 from hwnas import supernets
 from hwnas.cli import main
 from hwnas.config import load_config
@@ -293,3 +293,46 @@ def test_energy_estimate_knows_int8_layers_and_pruned_channels(default, data):
     e = {name: estimate_model(m, data.input_shape, batch_size=8)["energy_mJ"]
          for name, m in (("fp32", fp32), ("int8", int8), ("pruned", pruned))}
     assert e["int8"] < e["fp32"] and e["pruned"] < e["fp32"]
+
+
+@requires(FMNIST)
+def test_compression_fmnist_experiment_at_reduced_size(tmp_path):
+    """experiments/compression_fmnist.yaml (shipped Fashion-MNIST supernet, joint space) searches, only smaller."""
+    cfg = yaml.safe_load((ROOT / "experiments" / "compression_fmnist.yaml").read_text())
+    assert cfg["space"]["dimensions"] == JOINT
+    cfg["data"] = f"fashion-mnist:{FMNIST}"
+    cfg["strategy"].update(population=4, generations=1, initial_samples=5)
+    cfg["accuracy_eval"].update(images=200, calib_images=100)
+    cfg["executor"] = {"kind": "local"}  # Ray is tested with the session's cluster elsewhere
+    path = tmp_path / "compression-small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    import csv
+
+    with open(tmp_path / "run" / "front.csv") as f:
+        front = list(csv.DictReader(f))
+    assert front and all(r["accuracy_source"] == "measured" for r in front)
+    assert "prune.stage2" in front[0] and max(float(r["accuracy"]) for r in front) > 0.8
+
+
+def test_runs_from_before_the_onnxruntime_default_resume_on_torch(tmp_path):
+    """A run folder whose store predates the onnxruntime default keeps timing torch eager when resumed."""
+    from hwnas.pipeline import DEFAULT_BACKEND_META, load_run_config
+    from hwnas.store import ResultsStore
+
+    run = tmp_path / "old-run"
+    run.mkdir()
+    data = {**BASE, "space": {"supernet": "elastic_mbv3", "checkpoint": "default"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(data))
+    ResultsStore(run / "results.sqlite").close()  # an old run: no default_backend in its meta
+    assert load_run_config(run).devices[0].backend == "torch-cpu"
+    store = ResultsStore(run / "results.sqlite")
+    store.set_meta(DEFAULT_BACKEND_META, "onnxruntime-cpu")  # what a run started now records
+    store.close()
+    assert load_run_config(run).devices[0].backend == "onnxruntime-cpu"
+    data["devices"] = [{"name": "local-cpu", "backend": "onnxruntime-cpu"}]  # the file's own choice wins
+    (run / "config.yaml").write_text(yaml.safe_dump(data))
+    store = ResultsStore(run / "results.sqlite")
+    store.set_meta(DEFAULT_BACKEND_META, "torch-cpu")
+    store.close()
+    assert load_run_config(run).devices[0].backend == "onnxruntime-cpu"

@@ -189,7 +189,6 @@ def test_quickstart_at_reduced_size(tmp_path):
     cfg = yaml.safe_load((root / "experiments" / "quickstart.yaml").read_text())
     cfg["strategy"].update(population=6, generations=2, initial_samples=8)
     cfg["accuracy_eval"].update(images=500, calib_images=200)
-    cfg["executor"] = {"kind": "local"}  # the shipped file's Ray workers: tests/test_pipeline.py::test_ray_*
     path = tmp_path / "quickstart-small.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
