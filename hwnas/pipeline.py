@@ -536,7 +536,10 @@ def load_run_config(run_dir: Path) -> ExperimentConfig:
     cfg = load_config(run_dir / CONFIG_NAME)
     store = ResultsStore(run_dir / STORE_NAME)
     try:
-        default = store.get_meta(DEFAULT_BACKEND_META, OLD_DEFAULT_BACKEND)  # runs from before it was stored
+        default = store.get_meta(DEFAULT_BACKEND_META)
+        if default is None:  # a run from before it was stored: it began on the old default, and stays on it
+            default = OLD_DEFAULT_BACKEND
+            store.set_meta(DEFAULT_BACKEND_META, default)
     finally:
         store.close()
     devices = [d if "backend" in d.model_fields_set else d.model_copy(update={"backend": default})
