@@ -44,16 +44,27 @@ def compression_rows(front, run_dir: Path, quickstart: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/quickstart.yaml")
+    parser.add_argument("--run", type=Path, help="record a finished run of CONFIG instead of running it "
+                                                 "(wall time: the run's own, from its store)")
     args = parser.parse_args()
-    out = Path(tempfile.mkdtemp(prefix="hwnas-quickstart-")) / "run"
-    cmd = [sys.executable, "-m", "hwnas.cli", "run", args.config, "--out", str(out), "--quiet"]
-    load_before = os.getloadavg()[0]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    load_after = os.getloadavg()[0]
-    if proc.returncode != 0:
-        sys.exit(f"quickstart failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    if args.run:
+        import sqlite3
+
+        out, summary = args.run, f"(recorded from the finished run {args.run})"
+        with sqlite3.connect(out / "results.sqlite") as db:
+            wall = float(db.execute("SELECT value FROM meta WHERE key = 'wall_time_s'").fetchone()[0])
+        load_before = load_after = float("nan")
+    else:
+        out = Path(tempfile.mkdtemp(prefix="hwnas-quickstart-")) / "run"
+        cmd = [sys.executable, "-m", "hwnas.cli", "run", args.config, "--out", str(out), "--quiet"]
+        load_before = os.getloadavg()[0]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        load_after = os.getloadavg()[0]
+        if proc.returncode != 0:
+            sys.exit(f"quickstart failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        summary = proc.stdout.strip()
     with open(out / "front.csv") as f:
         front = list(csv.DictReader(f))
     with open(out / "candidates.csv") as f:
@@ -62,16 +73,17 @@ def main() -> None:
     quickstart = Path(args.config).stem == "quickstart"
     targets = ("≤ 300 s", "≥ 8", "yes") if quickstart else ("", "", "yes")
     compression = compression_rows(front, out, quickstart)
+    load = "not recorded" if args.run else f"{load_before:.1f} / {load_after:.1f}"
     rows = "\n".join(f"| {r['id']} | `{r['arch']}` | {float(r['accuracy']):.4f} | {float(r['latency_ms']):.2f} |"
                      for r in front)
     body = f"""
 | figure | value | target |
 |---|---|---|
-| wall time of `hwnas run {args.config}` | {wall:.0f} s | {targets[0]} |
+| wall time of `hwnas run {args.config}`{" (the run's own)" if args.run else ""} | {wall:.0f} s | {targets[0]} |
 | distinct candidates evaluated | {n_cands} | |
 | sub-networks on the front | {len(front)} | {targets[1]} |
 | front values all measured (not predicted) | {'yes' if measured else 'NO'} | {targets[2]} |
-{compression}| machine load (1-min load average on 2 cores, before / after) | {load_before:.1f} / {load_after:.1f} | |
+{compression}| machine load (1-min load average on 2 cores, before / after) | {load} | |
 
 The front (validation accuracy measured after BN recalibration; latency measured, minimum of interleaved rounds):
 
@@ -79,11 +91,12 @@ The front (validation accuracy measured after BN recalibration; latency measured
 |---|---|---|---|
 {rows}
 
-{proc.stdout.strip()}
+{summary}
 """
     slug = "quickstart" if quickstart else f"search_{Path(args.config).stem}"
     title = "Quickstart: hwnas run experiments/quickstart.yaml" if quickstart else f"Search: hwnas run {args.config}"
-    write_section(slug, title, body, cmd=f"python benchmarks/quickstart.py --config {args.config}")
+    write_section(slug, title, body, cmd=f"python benchmarks/quickstart.py --config {args.config}"
+                                         + (f" --run {args.run}" if args.run else ""))
     print(body)
 
 

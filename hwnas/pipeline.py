@@ -280,8 +280,9 @@ class Experiment:
 
         start = time.time()
         self.store.set_meta("status", "running")
-        if self.store.get_meta(DEFAULT_BACKEND_META) is None:  # a resume of an older run keeps its default
-            self.store.set_meta(DEFAULT_BACKEND_META, DeviceConfig.model_fields["backend"].default)
+        if self.store.get_meta(DEFAULT_BACKEND_META) is None:  # candidates stored without it: an older run
+            self.store.set_meta(DEFAULT_BACKEND_META, OLD_DEFAULT_BACKEND if self._candidates
+                                else DeviceConfig.model_fields["backend"].default)
         init = self.initial_samples()
         if len(init):
             self.evaluate(init, generation=0, sources=self._all_measured())
@@ -535,11 +536,8 @@ def load_run_config(run_dir: Path) -> ExperimentConfig:
         raise HwnasError(f"{run_dir}: not a run folder (needs {CONFIG_NAME} and {STORE_NAME})")
     cfg = load_config(run_dir / CONFIG_NAME)
     store = ResultsStore(run_dir / STORE_NAME)
-    try:
-        default = store.get_meta(DEFAULT_BACKEND_META)
-        if default is None:  # a run from before it was stored: it began on the old default, and stays on it
-            default = OLD_DEFAULT_BACKEND
-            store.set_meta(DEFAULT_BACKEND_META, default)
+    try:  # a run from before it was stored began on the old default, and stays on it
+        default = store.get_meta(DEFAULT_BACKEND_META, OLD_DEFAULT_BACKEND)
     finally:
         store.close()
     devices = [d if "backend" in d.model_fields_set else d.model_copy(update={"backend": default})
