@@ -112,14 +112,19 @@ def from_run(run_dir: Path, data):
     from hwnas.dimensions import JointSpace
 
     joint = JointSpace(net, space["dimensions"], {d: space[d] for d in space["dimensions"] if d in space})
+    def config(row):  # one column per search variable (older runs: a JSON "config" column)
+        if "config" in row:
+            return json.loads(row["config"])
+        return {v.name: next(o for o in v.options if str(o) == row[v.name]) for v in joint.space.variables}
+
     largest = joint.space.decode(joint.space.largest())
-    ref = next(c for c in cands if json.loads(c["config"]) == json.loads(json.dumps(largest)))
+    ref = next(c for c in cands if config(c) == largest)
     ref_acc = float(ref["accuracy"])
     close = [r for r in front if float(r["accuracy"]) >= ref_acc - 0.01]
     if not close:
         return f"No front member of {run_dir} lies within 1 point of the largest fp32 sub-network ({ref_acc:.4f})."
     fastest = min(close, key=lambda r: float(r["latency_ms"]))
-    configs = [json.loads(ref["config"]), json.loads(fastest["config"])]
+    configs = [config(ref), config(fastest)]
     models = [materialize(net, c, data.train[0], CALIB, 0) for c in configs]
     batch = cfg.get("devices", [{}])[0].get("batch_size", 1)
     lat = timed(models, data.input_shape, batch)

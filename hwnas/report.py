@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .config import data_spec
 from .evaluation import Metric, budget_slack, canonical_key, objective_matrix
 from .store import Candidate
 
@@ -17,12 +17,18 @@ ESTIMATE_NOTE = ("analytical estimates (MACs and memory traffic x per-operation 
                  "hwnas.devices.energy), not measurements")
 
 
-def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe, estimated=(), columns=None) -> List[Dict]:
+def candidate_rows(exp, front: Optional[Sequence[Candidate]] = None) -> List[Dict]:
+    """The rows of candidates.csv (every candidate), or of front.csv (``front``)."""
+    cands = exp.store.candidates() if front is None else front
+    return _rows(cands, exp.metrics, exp.space_backend.describe, exp.estimated_keys())
+
+
+def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe, estimated=()) -> List[Dict]:
     rows = []
     for c in cands:
-        row = {"id": c.id, "arch": describe(c.config), "generation": c.generation,
-               "config": json.dumps(c.config, sort_keys=True)}
-        row.update(columns(c.config) if columns else {})  # keep ratios, precisions: one column each
+        row = {"id": c.id, "arch": describe(c.config), "generation": c.generation}
+        # One column per search variable (a table's only variable is the arch itself).
+        row.update({name: value for name, value in c.config.items() if name not in row})
         for m in metrics:
             row[m.key] = c.value(m.key)
             source = c.source(m.key)
@@ -180,12 +186,10 @@ def _fmt(v) -> str:
 def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     """Write candidates.csv, front.csv, pareto.png, hv.png and report.md into the run folder."""
     run_dir, cfg = exp.run_dir, exp.cfg
-    describe = exp.space_backend.describe
     cands = exp.store.candidates()
     estimated = exp.estimated_keys()
-    columns = getattr(exp.space_backend, "columns", None)
-    write_csv(run_dir / "candidates.csv", _rows(cands, exp.metrics, describe, estimated, columns))
-    front_rows = _rows(front, exp.metrics, describe, estimated, columns)
+    write_csv(run_dir / "candidates.csv", candidate_rows(exp))
+    front_rows = candidate_rows(exp, front)
     write_csv(run_dir / "front.csv", front_rows)
     history = hypervolume_history(exp)
     hv_vs_true = hypervolume_vs_exhaustive(exp, front)
@@ -205,7 +209,7 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         "",
         f"- space: {space}; dimensions: {', '.join(cfg.space.dimensions)}; "
         f"{exp.space.n_var} variables, {exp.space.size:.3g} sub-networks",
-        f"- data: `{cfg.data}` " + (f"(accuracy on the `{cfg.accuracy_eval.split}` split)" if cfg.space.supernet
+        f"- data: `{data_spec(cfg)}` " + (f"(accuracy on the `{cfg.accuracy_eval.split}` split)" if cfg.space.supernet
                                     else "(the table's accuracy)"),
         f"- devices: " + ", ".join(_device_text(d, exp.locations[d.name], cfg) for d in cfg.devices),
         f"- objectives: {objectives}",

@@ -73,11 +73,8 @@ def test_joint_space_is_the_product_with_readable_names(default):
     assert joint.describe(largest) == default.describe(default.largest_config())  # uncompressed: just the arch
     config = with_values(default.smallest_config(), prune__stage1=0.5, quant__block0="int8", quant__block3="int8")
     config = {**joint.space.decode(joint.space.largest()), **config}
-    cols = joint.columns(config)
-    assert cols["prune.stage1"] == 0.5 and cols["quant.block0"] == "int8"
-    assert cols["quant.block3"] == ""  # smallest depth 2: slot 3 does not run
     assert "keep=1/0.5/1" in joint.describe(config) and "int8=b0" in joint.describe(config)
-    assert "b3" not in joint.describe(config)
+    assert "b3" not in joint.describe(config)  # smallest depth 2: slot 3 does not run
 
 
 def test_a_supernet_without_units_is_refused():

@@ -17,7 +17,8 @@ The contract of a dimension (:class:`Dimension`, docs/ARCHITECTURE.md):
   and ``deploy(model, values, units, calibration)`` (after: the form that ships);
 * ``features(values)``: predictor columns for its genes;
 * ``cost_key(unit, values)``: its part of a unit's cost-model key (lookup tables, energy);
-* ``columns(values, units)``: readable result columns; ``describe(values, units)``: a short summary.
+* ``describe(values, units)``: a short summary appended to the readable architecture string (its
+  variables are result columns of their own, like every search variable: ``prune.stage1``).
 
 ``units`` are what compression acts on in an extracted sub-network (:class:`Unit`, from
 ``supernet.compression_units(config)``): the stem, every active block, the head.
@@ -87,9 +88,6 @@ class Dimension:
 
     def cost_key(self, unit: Unit, values: Dict[str, Any]) -> str:
         return ""
-
-    def columns(self, values: Dict[str, Any], units: Sequence[Unit]) -> Dict[str, Any]:
-        return dict(values)
 
     def describe(self, values: Dict[str, Any], units: Sequence[Unit]) -> str:
         return ""
@@ -169,16 +167,6 @@ class JointSpace:
             part = SearchSpace(self.space.variables[sl], name=dim.name)
             cols.append(np.asarray(dim.features(part, G[:, sl]), dtype=np.float32))
         return np.concatenate(cols, axis=1)
-
-    def columns(self, config: Dict[str, Any]) -> Dict[str, Any]:
-        """Readable result columns of the compression dimensions (none for architecture only)."""
-        if not self.parts:
-            return {}
-        units = units_of(self.supernet, config)
-        out: Dict[str, Any] = {}
-        for dim in self.dimensions:
-            out.update(dim.columns(dim.own(config), units))
-        return out
 
     def describe(self, config: Dict[str, Any]) -> str:
         arch = self.supernet.describe({k: v for k, v in config.items() if "." not in k})

@@ -146,10 +146,6 @@ class Quantization(Dimension):
     def cost_key(self, unit: Unit, values: Dict[str, Any]) -> str:
         return "_int8" if self.precision(unit, values) == "int8" else ""
 
-    def columns(self, values: Dict[str, Any], units: Sequence[Unit]) -> Dict[str, Any]:
-        active = {self.key(u.name) for u in units}
-        return {k: (v if k in active else "") for k, v in values.items()}  # a switched-off slot has none
-
     def describe(self, values: Dict[str, Any], units: Sequence[Unit]) -> str:
         int8 = [u.name.replace("block", "b") for u in units if self.precision(u, values) == "int8"]
         return f"int8={','.join(int8)}" if int8 else ""
