@@ -321,15 +321,17 @@ def test_runs_from_before_the_onnxruntime_default_resume_on_torch(tmp_path):
     run.mkdir()
     data = {**BASE, "space": {"supernet": "elastic_mbv3", "checkpoint": "default"}}
     (run / "config.yaml").write_text(yaml.safe_dump(data))
-    ResultsStore(run / "results.sqlite").close()  # an old run: no default_backend in its meta
+    store = ResultsStore(run / "results.sqlite")  # an old run: candidates, no default_backend in its meta
+    net = supernets.load_default()
+    store.add_candidate("k", net.space.largest(), net.largest_config(), 0)
+    store.close()
     assert load_run_config(run).devices[0].backend == "torch-cpu"
     store = ResultsStore(run / "results.sqlite")
     store.set_meta(DEFAULT_BACKEND_META, "onnxruntime-cpu")  # what a run started now records
     store.close()
     assert load_run_config(run).devices[0].backend == "onnxruntime-cpu"
-    data["devices"] = [{"name": "local-cpu", "backend": "onnxruntime-cpu"}]  # the file's own choice wins
-    (run / "config.yaml").write_text(yaml.safe_dump(data))
-    store = ResultsStore(run / "results.sqlite")
-    store.set_meta(DEFAULT_BACKEND_META, "torch-cpu")
-    store.close()
-    assert load_run_config(run).devices[0].backend == "onnxruntime-cpu"
+    fresh = tmp_path / "fresh-run"  # a folder whose run stored nothing yet starts on the new default
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text(yaml.safe_dump(data))
+    ResultsStore(fresh / "results.sqlite").close()
+    assert load_run_config(fresh).devices[0].backend == "onnxruntime-cpu"
