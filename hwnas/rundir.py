@@ -238,6 +238,23 @@ def remove_unstarted(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+# The backend a device block without one got when its run started (onnxruntime-cpu since the
+# compression dimensions; torch-cpu before), in the store's meta: a resumed run keeps timing one way.
+DEFAULT_BACKEND_META, OLD_DEFAULT_BACKEND = "default_backend", "torch-cpu"
+
+
+def keep_default_backend(cfg: ExperimentConfig, store: ResultsStore) -> ExperimentConfig:
+    """Device blocks without a backend get the one their run began with (a store with candidates but
+    no record of it is from before the onnxruntime default: torch-cpu)."""
+    default = store.get_meta(DEFAULT_BACKEND_META)
+    if default is None and count_candidates(store.path) == 0:
+        return cfg
+    default = default or OLD_DEFAULT_BACKEND
+    devices = [d if "backend" in d.model_fields_set else d.model_copy(update={"backend": default})
+               for d in cfg.devices]
+    return cfg.model_copy(update={"devices": devices})
+
+
 def resume_run_dir(run_dir: Path) -> Tuple[ExperimentConfig, RunLock]:
     """Lock ``run_dir`` and check it can be continued; the validated config and the held lock.
 
@@ -264,6 +281,7 @@ def resume_run_dir(run_dir: Path) -> Tuple[ExperimentConfig, RunLock]:
                                   f"edited since the run started (changed: {', '.join(changed[:6])}"
                                   f"{', ...' if len(changed) > 6 else ''}); a resume continues the search it "
                                   f"stored: restore the file, or run the edited file into a new folder")
+            cfg = keep_default_backend(cfg, store)
         finally:
             store.close()
     except BaseException:
