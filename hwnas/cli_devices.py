@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import HwnasError
+from .registry import NamesHelp
 from .rundir import check_output_path
 
 KINDS = ["cpu", "gpu", "phone", "board", "accelerator", "fpga", "other"]
@@ -260,6 +261,21 @@ def cmd_measure(args) -> int:
     return 0
 
 
+def _spaces():
+    from hwnas.devices.spaces import known_spaces
+
+    return known_spaces()
+
+
+def _backends():
+    from hwnas.devices.backends import BACKENDS
+
+    return BACKENDS.names()
+
+
+SPACE_HELP = NamesHelp("one of: {names} (a supernet space also as NAME:CHECKPOINT)", _spaces)
+
+
 def register(subparsers) -> None:
     """Add the ``devices`` command group to the ``hwnas`` parser."""
     common = argparse.ArgumentParser(add_help=False)
@@ -280,7 +296,7 @@ def register(subparsers) -> None:
 
     q = sub.add_parser("refs", parents=[common],
                        help="architectures to measure, as a CSV template (default: the space's 10 references)")
-    q.add_argument("--space", required=True)
+    q.add_argument("--space", required=True, help=SPACE_HELP)
     q.add_argument("--n", type=int, help="how many to measure: without --device the first 10 are the references and "
                    "the rest are chosen to reduce the few-shot predictor's uncertainty; with --device, N new ones")
     q.add_argument("--device", help="a device with samples on the space: its samples come first (filled in), then "
@@ -290,7 +306,7 @@ def register(subparsers) -> None:
 
     q = sub.add_parser("add", parents=[common], help="add a device (or a space of it) from measured samples")
     q.add_argument("name")
-    q.add_argument("--space", required=True)
+    q.add_argument("--space", required=True, help=SPACE_HELP)
     q.add_argument("--samples", required=True, help="CSV: arch, latency_ms [, energy_mJ, power_W]")
     q.add_argument("--hardware", help="free text, e.g. 'Raspberry Pi 4, Cortex-A72'")
     q.add_argument("--kind", choices=KINDS)
@@ -299,15 +315,15 @@ def register(subparsers) -> None:
 
     q = sub.add_parser("predict", parents=[common], help="predict a device's costs for architectures")
     q.add_argument("name")
-    q.add_argument("--space", required=True)
+    q.add_argument("--space", required=True, help=SPACE_HELP)
     q.add_argument("--archs", required=True, help="CSV with an 'arch' column")
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_predict)
 
     q = sub.add_parser("measure", parents=[common], help="measure a supernet space's lookup table here")
     q.add_argument("name")
-    q.add_argument("--space", required=True)
-    q.add_argument("--backend", default="torch-cpu", help="torch-cpu, onnxruntime-cpu or torch-cuda")
+    q.add_argument("--space", required=True, help=SPACE_HELP)
+    q.add_argument("--backend", default="torch-cpu", help=NamesHelp("one of: {names} (default torch-cpu)", _backends))
     q.add_argument("--batch-size", type=int)
     q.add_argument("--threads", type=int)
     q.add_argument("--clock", choices=["wall", "cpu"],

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .config import read_yaml, validate_model
 from .errors import ConfigError, HwnasError
+from .registry import NamesHelp
 from .rundir import check_output_path
 
 
@@ -184,6 +185,12 @@ def cmd_import(args) -> int:
     return 0
 
 
+def _data_kinds():
+    from hwnas.supernets.datasets import KINDS
+
+    return list(KINDS)
+
+
 def register(sub) -> None:
     p = sub.add_parser("supernets", help="registered supernets")
     s = p.add_subparsers(dest="subcommand", required=True)
@@ -198,8 +205,7 @@ def register(sub) -> None:
     t.set_defaults(func=cmd_train)
     e = s.add_parser("eval", help="accuracy of sub-networks after BN recalibration")
     e.add_argument("checkpoint", help="a checkpoint file, or a shipped one by name: default, fmnist_mbv3")
-    e.add_argument("--data", default="fmnist-mini",
-                   help="fmnist-mini | fashion-mnist:PATH | mnist:PATH | cifar10:PATH | cifar100:PATH | image-folder:PATH")
+    e.add_argument("--data", default="fmnist-mini", help=NamesHelp("KIND or KIND:PATH; kinds: {names}", _data_kinds))
     e.add_argument("--configs", default="largest,smallest,random:20",
                    help="comma-separated: largest, smallest, random:N, or architecture strings as the run files "
                         "print them (ks=...;e=...;d=...;r=...)")
