@@ -245,7 +245,7 @@ def _write(fmt: str, model: torch.nn.Module, path: Path, example: torch.Tensor, 
             if fmt == "onnx-int8":
                 # An fp32 candidate is quantized whole (per-channel weights, activations calibrated on the
                 # run's calibration images): post-training int8, reported against the searched fp32 model.
-                data = quantize_int8(data, calibration)
+                data = cache.get("onnx-int8") or quantize_int8(data, calibration)
             path.write_bytes(data)
         elif fmt == "pt2":
             # Traced on a batch of 2: a batch of 1 would let torch.export specialise the batch size.
@@ -417,31 +417,46 @@ def _export_one(rb: Rebuilder, choice: Choice, folder: Path, formats: Sequence[s
                 parity_images: int, device_cfg, evaluate: bool, threads: int) -> Dict:
     from hwnas.supernets import calibration_batches
 
+    from hwnas.dimensions.quantization import QuantizedModel
+
     cfg, cand = rb.cfg, choice.candidate
-    model = rb.model(cand.config)
+    searched = rb.model(cand.config)
+    # A candidate searched with int8 units runs as onnxruntime QDQ: that graph is its onnx-int8 file, and
+    # the other formats hold its fp32 layers (pruned, BN recalibrated) the QDQ model was made from.
+    model = searched.model if isinstance(searched, QuantizedModel) else searched
     X_val, y_val = rb.data.val
     n = parity_images if 0 < parity_images < len(y_val) else len(y_val)
     X_val, y_val = X_val[:n], y_val[:n]  # a tensor (data sets from disk hold images made float on demand)
     reference = _logits(_torch_fn(model), X_val)
+    searched_logits = reference if searched is model else _logits(_torch_fn(searched), X_val)
     X_acc, y_acc = rb.searched_images()
-    reproduced = accuracy(_torch_fn(model), X_acc, y_acc)
+    reproduced = accuracy(_torch_fn(searched), X_acc, y_acc)
     calibration = calibration_batches(rb.data.train[0], cfg.accuracy_eval.calib_images, cfg.strategy.seed)
     files, cache = {}, {}
     written = list(dict.fromkeys(list(formats) + ["state_dict"]))  # hwnas.load reads the state dict
     for fmt in written:
         path = folder / (stem + FORMATS[fmt])
         start = time.perf_counter()
+        if fmt == "onnx-int8" and searched is not model:
+            cache["onnx-int8"] = searched.deployed_onnx()  # exactly the graph the run measured
         _write(fmt, model, path, X_val, calibration, cache)
         files[fmt] = {"file": path.name, "bytes": path.stat().st_size, "export_seconds": time.perf_counter() - start,
                       "sha256": sha256_file(path), "requested": fmt in formats}
     info = _model_info(rb, choice, model, files, reproduced, len(y_acc))
+    if searched is not model:
+        info["int8_units"] = list(searched.int8_paths)
+        info["note"] = ("searched with int8 units (onnxruntime QDQ): model.int8.onnx is the searched model; the other "
+                        "files hold its fp32 layers before quantization")
     _write_json(folder / "model.json", info)
     parity, outputs = {}, {}
     for fmt in written:
         start = time.perf_counter()
         outputs[fmt] = _logits(_loaded(fmt, folder / files[fmt]["file"], folder, threads), X_val)
-        parity[fmt] = _parity(fmt, outputs[fmt], reference, y_val.numpy(), "quantization" in cfg.space.dimensions)
+        parity[fmt] = _parity(fmt, outputs[fmt], searched_logits if fmt == "onnx-int8" else reference,
+                              y_val.numpy(), "quantization" in cfg.space.dimensions)
         parity[fmt]["check_seconds"] = time.perf_counter() - start
+    if searched is not model and "onnx-int8" in parity:
+        parity["onnx-int8"]["reference"] = "the searched model (its onnxruntime QDQ graph)"
     fp32 = [f for f in written if f in FP32_FORMATS]
     cross = {f"{a} vs {b}": float(np.abs(outputs[a] - outputs[b]).max())
              for i, a in enumerate(fp32) for b in fp32[i + 1:]}
@@ -663,7 +678,7 @@ def load_model(folder) -> torch.nn.Module:
     parameters): the architecture rebuilt from ``model.json``, the weights of its state dict file
     (sha256 checked)."""
     from hwnas import supernets
-    from hwnas.supernets.base import load_torch_file
+    from hwnas.supernets.base import load_torch_file, structure
 
     folder = Path(folder)
     path = folder / "model.json"
@@ -686,7 +701,7 @@ def load_model(folder) -> torch.nn.Module:
         raise HwnasError(f"{path}: its state dict {weights.name} is missing from {folder}")
     if sha256_file(weights) != entry.get("sha256"):
         raise HwnasError(f"{weights}: sha256 differs from the one model.json records (the file changed)")
-    skeleton = supernets.create(space["supernet"], **space["init_kwargs"]).extract(config)
+    skeleton = structure(supernets.create(space["supernet"], **space["init_kwargs"]), config)
     try:
         skeleton.load_state_dict(load_torch_file(weights, "exported state dict"))
     except RuntimeError as err:

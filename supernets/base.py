@@ -200,15 +200,26 @@ def materialize(supernet: Supernet, config: Config, train_images: torch.Tensor, 
     the same candidate compute the same function."""
     from hwnas.dimensions import compression_of, units_of
 
+    model = structure(supernet, config)
+    batches = calibration_batches(train_images, calib_images, seed)
+    recalibrate_bn(model, batches)
+    dimensions = compression_of(config)
+    units = units_of(supernet, config) if dimensions else []
+    for dim in dimensions:
+        model = dim.deploy(model, dim.own(config), units, batches)
+    return model
+
+
+def structure(supernet: Supernet, config: Config) -> nn.Module:
+    """The fp32 torch layers of ``config`` (extracted, then made narrower by pruning), before BN
+    recalibration and deployment: what an exported state dict loads into."""
+    from hwnas.dimensions import compression_of, units_of
+
     model = supernet.extract(config)
     dimensions = compression_of(config)
     units = units_of(supernet, config) if dimensions else []
     for dim in dimensions:
         model = dim.restructure(model, dim.own(config), units)
-    batches = calibration_batches(train_images, calib_images, seed)
-    recalibrate_bn(model, batches)
-    for dim in dimensions:
-        model = dim.deploy(model, dim.own(config), units, batches)
     return model
 
 

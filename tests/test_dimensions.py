@@ -276,6 +276,27 @@ def test_joint_search_end_to_end_from_yaml(tmp_path):
     report = (out / "report.md").read_text()
     assert "dimensions: architecture, pruning, quantization" in report and "onnxruntime-cpu" in report
 
+    # The user's next step: export a compressed candidate as searched (its int8 QDQ graph, its pruned layers).
+    import json
+
+    import hwnas
+
+    pick = next(r for r in rows if "int8=" in r["arch"] and r["accuracy_source"] == "measured")
+    exported = tmp_path / "export"
+    assert main(["export", str(out), "--pick", pick["id"], "--format", "onnx,onnx-int8,pt2", "--out",
+                 str(exported)]) == 0
+    [folder] = [p for p in exported.iterdir() if (p / "model.json").is_file()] or [exported]
+    info = json.loads((folder / "model.json").read_text())
+    parity = info["parity"]["formats"]
+    assert parity["onnx-int8"]["top1_agreement"] >= 0.99 and parity["onnx-int8"]["required"]
+    assert parity["onnx"]["max_abs_diff"] <= 1e-4 and info["int8_units"]
+    reproduced = next(v for k, v in info.items() if isinstance(v, dict) and "reproduced" in v)["reproduced"]
+    assert reproduced["accuracy"] == pytest.approx(float(pick["accuracy"]), abs=1e-9)  # the searched int8 model
+    model = hwnas.load(folder)  # the pruned fp32 layers load into their own (narrower) skeleton
+    n_params = sum(p.numel() for p in model.parameters())
+    full = hwnas.supernets.load_default().extract(hwnas.supernets.load_default().largest_config())
+    assert n_params < sum(p.numel() for p in full.parameters())
+
 
 def test_energy_estimate_knows_int8_layers_and_pruned_channels(default, data):
     from hwnas.devices.energy import count_by_precision, count_model, estimate_model
