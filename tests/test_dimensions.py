@@ -290,8 +290,7 @@ def test_joint_search_end_to_end_from_yaml(tmp_path):
     parity = info["parity"]["formats"]
     assert parity["onnx-int8"]["top1_agreement"] >= 0.99 and parity["onnx-int8"]["required"]
     assert parity["onnx"]["max_abs_diff"] <= 1e-4 and info["int8_units"]
-    reproduced = next(v for k, v in info.items() if isinstance(v, dict) and "reproduced" in v)["reproduced"]
-    assert reproduced["accuracy"] == pytest.approx(float(pick["accuracy"]), abs=1e-9)  # the searched int8 model
+    assert info["reproduced"]["accuracy"] == pytest.approx(float(pick["accuracy"]), abs=1e-9)  # the searched int8 model
     model = hwnas.load(folder)  # the pruned fp32 layers load into their own (narrower) skeleton
     n_params = sum(p.numel() for p in model.parameters())
     full = hwnas.supernets.load_default().extract(hwnas.supernets.load_default().largest_config())
