@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 def _progress_total(cfg) -> int:
     s = cfg.strategy
     predicted = any(o.source == "predicted" for o in cfg.objectives.values())
-    return s.population * s.generations + (s.initial_samples if predicted else 0)
+    return s.budget + (s.initial_samples if predicted else 0)
 
 
 def _execute(cfg, run_dir: Path, quiet: bool) -> int:
@@ -48,6 +48,9 @@ def _execute(cfg, run_dir: Path, quiet: bool) -> int:
                      f"{min(c.value(m.key) for c in summary.front):.4g}–"
                      f"{max(c.value(m.key) for c in summary.front):.4g}"
                      for m in exp.metrics if m.goal) if summary.front else "no feasible candidate"
+    if not summary.front and cfg.budgets:
+        print(f"warning: no evaluated candidate meets {', '.join(b.text for b in cfg.budgets)}; the front is empty "
+              f"(front.csv has the header only). Loosen the budgets or search longer.", file=sys.stderr)
     print(f"Searched {cfg.name} with {cfg.strategy.name}: {summary.n_candidates} distinct candidates evaluated "
           f"in {summary.wall_time_s:.1f} s; {summary.n_front} on the Pareto front "
           f"({'within ' + ', '.join(b.text for b in cfg.budgets) if cfg.budgets else 'no budgets'}) spanning "
@@ -77,7 +80,7 @@ def cmd_validate(args) -> int:
 
     cfg = load_config(args.config)
     print(f"{args.config}: valid ({cfg.name}: {len(cfg.objectives)} objectives, {len(cfg.budgets)} budgets, "
-          f"{cfg.strategy.name} x {cfg.strategy.generations} generations)")
+          f"{cfg.strategy.name}, {cfg.strategy.budget} evaluations)")
     return 0
 
 
