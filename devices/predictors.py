@@ -84,6 +84,23 @@ class CostModel:
 
 
 # --------------------------------------------------------------------------- tabular
+# The knee of the soft floor, as a fraction of a metric's smallest sample. On the shipped tables the
+# fastest architecture of a space is >= 0.59x the fastest of its 10 references on every device but one
+# (pixel3 on NB201, whose near-empty cells take ~0 ms), so the floor leaves real predictions alone.
+POSITIVE_KNEE = 0.5
+
+
+def soft_floor(values: np.ndarray, knee: float) -> np.ndarray:
+    """``values`` above ``knee`` unchanged; below it ``knee^2 / (2 knee - v)``: positive for every finite
+    ``v``, strictly increasing, continuous with slope 1 at the knee. A linear few-shot model extrapolates
+    below zero on near-empty cells; this keeps such predictions physical without reordering any."""
+    values = np.asarray(values, dtype=float)
+    below = values < knee
+    out = values.copy()
+    out[below] = knee * knee / (2.0 * knee - values[below])
+    return out
+
+
 @lru_cache(maxsize=None)
 def _pretrained(space: str):
     from hwnas.predictors.fewshot import load_pretrained
@@ -108,9 +125,16 @@ class TabularCostModel(CostModel):
         # Latency predicted below the device's fastest sample is extrapolation (on NB201's near-empty
         # cells the few-shot model even goes below zero): power and energy derived from it use this floor.
         self.latency_floor = float(samples.values["latency_ms"].min())
+        # Below half the smallest sample of a fitted metric, predictions are squeezed smoothly towards 0
+        # (soft_floor): positive, in the same order (rank unchanged), untouched above the knee.
+        self.knees = {m: POSITIVE_KNEE * float(samples.values[m].min()) for m in samples.metrics}
 
     def _refit(self, samples: Samples) -> "TabularCostModel":
         return TabularCostModel(self.profile, self.dspace, samples)
+
+    def extrapolated(self, genomes) -> Dict[str, np.ndarray]:
+        """Per fitted metric, where the raw prediction fell below the knee (softly floored there)."""
+        return {m: model.predict(genomes) < self.knees[m] for m, model in self.adapted.items()}
 
     def estimated_energy(self, genomes) -> np.ndarray:
         """Analytical energy (mJ) of one forward pass at the profile's batch size and precision."""
@@ -118,7 +142,7 @@ class TabularCostModel(CostModel):
         return energy_mJ(per_image.batch(self.profile.spec.batch_size), self.profile.spec.precision)
 
     def predict(self, genomes) -> Dict[str, np.ndarray]:
-        out = {m: model.predict(genomes) for m, model in self.adapted.items()}
+        out = {m: soft_floor(model.predict(genomes), self.knees[m]) for m, model in self.adapted.items()}
         latency = np.maximum(out["latency_ms"], self.latency_floor)
         if self.labels["energy_mJ"] == ESTIMATED:
             out["energy_mJ"] = self.estimated_energy(genomes)
@@ -167,6 +191,9 @@ class SupernetCostModel(CostModel):
         self.latency_scale = 1.0  # the machine's drift since the profile was measured (re-anchoring)
         self.latency_fit = (1.0, 0.0)
         self.energy_fit = (1.0, 0.0)
+        # A line fitted on a handful of sub-networks can cross zero below the smallest of them; the
+        # floor extrapolates there in proportion to the table sum instead (the least cost per unit seen).
+        self.latency_floor = self.energy_floor = 0.0
         if samples is not None:
             X = self._stages(self.table, samples.genomes)
             if len(samples) >= STAGE_FIT_SAMPLES_PER_COEF * X.shape[1]:
@@ -174,9 +201,13 @@ class SupernetCostModel(CostModel):
                 self.latency_coef = nnls(X, samples.values["latency_ms"])[0]
             else:
                 self.method += f", calibrated on {len(samples)} whole sub-networks"
-                self.latency_fit = _linear_fit(X[:, :-1].sum(1), samples.values["latency_ms"])
+                sums = X[:, :-1].sum(1)
+                self.latency_fit = _linear_fit(sums, samples.values["latency_ms"])
+                self.latency_floor = float(np.min(samples.values["latency_ms"] / sums))
             if "energy_mJ" in samples.values:
-                self.energy_fit = _linear_fit(self._sum(self.energy, samples.genomes), samples.values["energy_mJ"])
+                sums = self._sum(self.energy, samples.genomes)
+                self.energy_fit = _linear_fit(sums, samples.values["energy_mJ"])
+                self.energy_floor = float(np.min(samples.values["energy_mJ"] / sums))
         measured_energy = samples is not None and "energy_mJ" in samples.values
         self.labels = {"latency_ms": FITTED, "energy_mJ": FITTED if measured_energy else ESTIMATED,
                        "power_W": DERIVED if measured_energy else ESTIMATED}
@@ -200,10 +231,12 @@ class SupernetCostModel(CostModel):
             latency = self._stages(self.table, genomes) @ self.latency_coef
         else:
             a, b = self.latency_fit
-            latency = a * self._sum(self.table, genomes) + b
+            sums = self._sum(self.table, genomes)
+            latency = np.maximum(a * sums + b, self.latency_floor * sums)
         latency = latency * self.latency_scale
         a, b = self.energy_fit
-        energy = a * self._sum(self.energy, genomes) + b
+        sums = self._sum(self.energy, genomes)
+        energy = np.maximum(a * sums + b, self.energy_floor * sums)
         return {"latency_ms": latency, "energy_mJ": energy, "power_W": energy / latency}
 
 

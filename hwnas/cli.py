@@ -17,31 +17,42 @@ from .errors import HwnasError
 EXIT_USAGE = 2
 
 
-def _progress_total(cfg) -> int:
+def _progress_total(cfg, generations: int) -> int:
     s = cfg.strategy
     predicted = any(o.source == "predicted" for o in cfg.objectives.values())
-    return s.budget + (s.initial_samples if predicted else 0)
+    budget = s.evaluations if s.evaluations is not None else s.population * generations
+    return budget + (s.initial_samples if predicted else 0)
 
 
-def _execute(cfg, run_dir: Path, quiet: bool) -> int:
+def _execute(cfg, run_dir: Path, quiet: bool, generations: Optional[int] = None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    from .pipeline import Experiment
+    from .pipeline import Experiment, run_status
     from .report import write_report
 
     console = Console(stderr=True, quiet=quiet)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    status = run_status(run_dir, cfg)
+    if status is not None and status["finished"] and generations is None:
+        print(f"{run_dir}: the run is finished ({status['candidates']} candidates, {status['generations']} "
+              f"generations); nothing changed. 'hwnas resume {run_dir} --generations N' continues it to N "
+              f"generations in all")
+        return 0
     with Progress(*columns, console=console, transient=False, disable=quiet) as progress:
-        task = progress.add_task(f"{cfg.name}: evaluating", total=_progress_total(cfg))
-        exp = Experiment(cfg, run_dir, progress=lambda n: progress.advance(task, n))
+        exp = Experiment(cfg, run_dir)
         try:
+            if generations is not None:
+                exp.continue_for(generations)
+            task = progress.add_task(f"{cfg.name}: evaluating", total=_progress_total(cfg, exp.generations))
+            exp.progress = lambda n: progress.advance(task, n)
             summary = exp.run()
             progress.update(task, description=f"{cfg.name}: writing report")
             write_report(exp, summary.front, summary.wall_time_s)
             estimated = exp.estimated_keys()
+            unmeasured = exp.unmeasured()
         finally:
             exp.close()
     best = ", ".join(f"{m.key}{' (estimated)' if m.key in estimated else ''} "
@@ -54,7 +65,8 @@ def _execute(cfg, run_dir: Path, quiet: bool) -> int:
     print(f"Searched {cfg.name} with {cfg.strategy.name}: {summary.n_candidates} distinct candidates evaluated "
           f"in {summary.wall_time_s:.1f} s; {summary.n_front} on the Pareto front "
           f"({'within ' + ', '.join(b.text for b in cfg.budgets) if cfg.budgets else 'no budgets'}) spanning "
-          f"{best}. Results in {run_dir}/ (front.csv, report.md, pareto.png, hv.png, results.sqlite).")
+          f"{best}{'; predicted, not measured: ' + ', '.join(unmeasured) if unmeasured else ''}. "
+          f"Results in {run_dir}/ (front.csv, report.md, pareto.png, hv.png, results.sqlite).")
     return 0
 
 
@@ -72,7 +84,7 @@ def cmd_resume(args) -> int:
 
     run_dir = Path(args.run_dir)
     cfg = load_run_config(run_dir)
-    return _execute(cfg, run_dir, args.quiet)
+    return _execute(cfg, run_dir, args.quiet, generations=args.generations)
 
 
 def cmd_validate(args) -> int:
@@ -96,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue a killed run without re-evaluating stored candidates")
     p.add_argument("run_dir")
+    p.add_argument("--generations", type=int, metavar="N",
+                   help="continue a finished run to N generations in all (a finished run is otherwise left as it is)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume)
 

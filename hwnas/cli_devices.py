@@ -141,6 +141,11 @@ def cmd_predict(args) -> int:
     note = f" ({', '.join(estimated)} estimated analytically, not measured)" if estimated else ""
     print(f"predicted {', '.join(values)} of {len(rows)} architectures on {args.name!r} with {model.method}; "
           f"wrote {args.out}{note}")
+    if hasattr(model, "extrapolated"):
+        for metric, below in model.extrapolated(np.stack(genomes)).items():
+            if below.any():
+                print(f"{int(below.sum())} {metric} prediction(s) extrapolate below half the smallest sample "
+                      f"({model.knees[metric]:.4g}): softly floored there, so positive and in the same order")
     return 0
 
 

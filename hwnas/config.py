@@ -308,7 +308,79 @@ def load_config(path: Union[str, Path]) -> ExperimentConfig:
     """Read and validate an experiment YAML; raise ConfigError (one line) on any problem."""
     cfg = parse_config(read_yaml(path), path)
     check_references(cfg, path)
-    return with_profile_settings(cfg, path)
+    cfg = with_profile_settings(cfg, path)
+    check_devices(cfg, path)
+    return cfg
+
+
+def device_space_name(cfg: ExperimentConfig) -> str:
+    """How device profiles name the experiment's space (``hwnas devices ... --space``)."""
+    if cfg.space.supernet is None:
+        return cfg.space.tabular_space
+    return cfg.space.supernet + ("" if cfg.space.checkpoint == "default" else f":{cfg.space.checkpoint}")
+
+
+def device_locations(cfg: ExperimentConfig) -> Dict[str, Any]:
+    """Device name -> :class:`hwnas.devices.location.Location` (here, or external: predicted only)."""
+    from hwnas.devices.location import locate
+
+    table_devices = None
+    if cfg.space.table is not None:
+        from .tabular import TabularBenchmark
+
+        table_devices = TabularBenchmark.load(cfg.space.tabular_space, cfg.space.table).devices
+    return {d.name: locate(d.name, d.backend, table_devices) for d in cfg.devices}
+
+
+def check_devices(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
+    """Every cost metric can be had: measured on a device that is here, or predicted by a model.
+
+    An external device (a profile only) is never timed here, so its costs must be predicted,
+    and its profile must cover the experiment's space.
+    """
+    from hwnas.devices.predictors import SAME_KEYS_AS
+
+    locations = device_locations(cfg)
+    space = device_space_name(cfg)
+    table = Path(cfg.space.table).name if cfg.space.table else None
+    for i, d in enumerate(cfg.devices):
+        loc = locations[d.name]
+        if not loc.here and loc.profile is None:
+            raise ConfigError(path, f"devices[{i}].name", f"{d.name!r} is neither a column of {table} nor a device "
+                                                          f"profile; add it with 'hwnas devices add {d.name} --space "
+                                                          f"{space} --samples FILE.csv' or name a column")
+        if not loc.here and "backend" in d.model_fields_set and d.backend in MEASURING_BACKENDS:
+            raise ConfigError(path, f"devices[{i}].backend",
+                              f"{d.name!r} is an external device ({loc.where}): it is never timed here; remove "
+                              f"'backend', or measure this machine under its own name ('hwnas devices measure')")
+    uses = [(f"objectives.{k}", k, o.source) for k, o in cfg.objectives.items()]
+    uses += [(f"budgets[{i}]", b.metric, None) for i, b in enumerate(cfg.budgets)]
+    for where, key, source in uses:
+        metric, _ = split_metric(key)
+        device = cfg.metric_device(key)
+        if device is None:
+            continue
+        loc = locations[device.name]
+        if source == "measured" and not loc.here:
+            raise ConfigError(path, where, f"device {device.name!r} is external ({loc.where}); its {metric} can "
+                                           "only be predicted: set source: predicted")
+        predicted = source == "predicted" or metric in ("energy_mJ", "power_W") or not loc.here
+        if not predicted:
+            continue
+        profile = loc.profile
+        if profile is None:
+            if metric in ("energy_mJ", "power_W"):
+                make = (f"hwnas devices measure {device.name} --space {space}" if cfg.space.supernet
+                        else f"hwnas devices add {device.name} --space {space} --samples FILE.csv")
+                raise ConfigError(path, where, f"{metric} comes from a device profile and {device.name!r} has none; "
+                                               f"make one with '{make}'")
+            continue  # predicted by a model fitted on the run's measured initial samples
+        covered = profile.has_space(space) or profile.file("lut", space, "json").is_file() or (
+            cfg.space.supernet is not None and SAME_KEYS_AS.get(cfg.space.supernet) in profile.spaces)
+        if not covered:
+            raise ConfigError(path, where, f"device {device.name!r} has no samples for space {space} (it has: "
+                                           f"{', '.join(profile.spaces) or 'none'}); add them with 'hwnas devices add "
+                                           f"{device.name} --space {space} --samples FILE.csv'")
 
 
 #: Device-block settings a measured profile supplies when the experiment does not set them.

@@ -29,10 +29,8 @@ class Metric:
     device: Optional[str]  # for cost metrics
     goal: Optional[str]  # "min"/"max" for objectives, None for budget-only metrics
     source: str  # "measured" or "predicted" during the search
-
-    @property
-    def measurable(self) -> bool:
-        return self.metric not in PROFILE_ONLY
+    # Can this run measure it? Not energy/power (no meter), nor any cost of an external device.
+    measurable: bool = True
 
     @property
     def sign(self) -> float:
@@ -51,20 +49,26 @@ def canonical_key(cfg: ExperimentConfig, key: str) -> str:
 
 def experiment_metrics(cfg: ExperimentConfig) -> List[Metric]:
     """Objectives first (in the file's order), then metrics that only budgets name."""
+    from .config import device_locations
+
+    here = {name: loc.here for name, loc in device_locations(cfg).items()}
     out: Dict[str, Metric] = {}
+
+    def measurable(metric: str, dev) -> bool:
+        return metric not in PROFILE_ONLY and (dev is None or here[dev.name])
+
     for key, obj in cfg.objectives.items():
         ck = canonical_key(cfg, key)
         if ck in out:
             raise HwnasError(f"objectives: {key!r} names the same metric as another objective")
-        dev = cfg.metric_device(key)
-        out[ck] = Metric(ck, split_metric(key)[0], dev.name if dev else None, obj.goal, obj.source)
+        dev, metric = cfg.metric_device(key), split_metric(key)[0]
+        out[ck] = Metric(ck, metric, dev.name if dev else None, obj.goal, obj.source, measurable(metric, dev))
     for b in cfg.budgets:
         ck = canonical_key(cfg, b.metric)
         if ck not in out:
-            dev = cfg.metric_device(b.metric)
-            metric = split_metric(b.metric)[0]
-            source = "predicted" if metric in PROFILE_ONLY else "measured"
-            out[ck] = Metric(ck, metric, dev.name if dev else None, None, source)
+            dev, metric = cfg.metric_device(b.metric), split_metric(b.metric)[0]
+            ok = measurable(metric, dev)
+            out[ck] = Metric(ck, metric, dev.name if dev else None, None, "measured" if ok else "predicted", ok)
     return list(out.values())
 
 

@@ -17,7 +17,7 @@ EXECUTORS = Registry("executor")
 
 @EXECUTORS.register("local")
 class LocalExecutor:
-    def __init__(self, workers: int = 1, address: Optional[str] = None):
+    def __init__(self, workers: int = 1, address: Optional[str] = None, **_):
         self.workers = 1
 
     def map(self, task: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
@@ -37,10 +37,18 @@ class _TaskActor:
     def run(self, item):
         return self.task(item)
 
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 @EXECUTORS.register("ray")
 class RayExecutor:
-    def __init__(self, workers: int = 2, address: Optional[str] = None):
+    """``resources``: custom resources each actor needs, e.g. ``{"device:jetson": 1}`` pins the
+    actors to the node that holds the device (the cluster at ``address`` must offer them)."""
+
+    def __init__(self, workers: int = 2, address: Optional[str] = None, resources: Optional[dict] = None):
         import ray
 
         self.workers = workers
@@ -55,7 +63,12 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise HwnasError(f"executor: cannot start or reach Ray at {address or 'local'}: {exc}") from None
             self._started_here = True
-        self._actor_cls = ray.remote(num_cpus=1)(_TaskActor)
+        missing = [r for r in (resources or {}) if r not in ray.cluster_resources()]
+        if missing:
+            self.shutdown()
+            raise HwnasError(f"executor: no Ray node offers the resource {missing[0]!r} (start the device's node "
+                             f"with --resources='{{\"{missing[0]}\": 1}}', or give executor.address)")
+        self._actor_cls = ray.remote(num_cpus=1, resources=resources or None)(_TaskActor)
         self._pool_task = None
         self._actors: List[Any] = []
 
@@ -74,13 +87,17 @@ class RayExecutor:
         pool = self._pool(task)
         yield from pool.map(lambda actor, item: actor.run.remote(item), list(items))
 
+    def nodes(self) -> List[str]:
+        """The Ray node id of each actor (where the measurements run)."""
+        return self._ray.get([actor.node.remote() for actor in self._actors])
+
     def shutdown(self):
-        for actor in self._actors:
+        for actor in getattr(self, "_actors", []):
             self._ray.kill(actor)
         self._actors, self._pool_task = [], None
         if self._started_here:
             self._ray.shutdown()
 
 
-def create_executor(kind: str, workers: int = 1, address: Optional[str] = None):
-    return EXECUTORS.create(kind, workers=workers, address=address)
+def create_executor(kind: str, workers: int = 1, address: Optional[str] = None, **options):
+    return EXECUTORS.create(kind, workers=workers, address=address, **options)

@@ -7,6 +7,7 @@ search; every candidate already stored is answered from the store, never re-eval
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import ExperimentConfig, load_config
+from .config import ExperimentConfig, device_locations, device_space_name, load_config
 from .errors import HwnasError
 from .evaluation import Metric, SupernetMeasureTask, budget_slack, experiment_metrics, objective_matrix
 from .executors import create_executor
@@ -46,6 +47,7 @@ class Experiment:
         self.run_dir = Path(run_dir)
         self.store = ResultsStore(self.run_dir / STORE_NAME)
         self.metrics: List[Metric] = experiment_metrics(cfg)
+        self.locations = device_locations(cfg)  # device -> here (measured in this run) or external
         self.space_backend = create_space_backend(cfg, self.metrics)
         self.space = self.space_backend.space
         self.predictors: Dict[str, object] = {}
@@ -54,6 +56,8 @@ class Experiment:
         # Every stored candidate, read once (a resume starts from them) and kept current in memory,
         # so a generation's evaluation does not re-read the whole store.
         self._candidates: Dict[str, Candidate] = self.store.by_key()
+        # A finished run continued for more generations ('hwnas resume --generations') stores the new total.
+        self.generations = int(self.store.get_meta("generations", cfg.strategy.generations))
 
     # --- evaluation -----------------------------------------------------------------------
     def evaluate(self, genomes: np.ndarray, generation: int, sources: Optional[Dict[str, str]] = None):
@@ -84,14 +88,24 @@ class Experiment:
         if to_measure:
             requests = [(c.config, keys) for c, keys in to_measure]
             for (cand, _), (values, seconds) in zip(to_measure, self.space_backend.measure(requests)):
+                self._check_costs({cand.id: values}, "measured")
                 self.store.record(cand.id, values, "measured", seconds)
                 cand.measured.update(values)
                 self._advance(1)
         if to_predict:
             self._predict(to_predict)
         self._advance(len(set(unique) - measured_keys))
-        rows = [self._effective(stored[self.space.key(g)]) for g in genomes]
+        rows = [self._search_values(stored[self.space.key(g)]) for g in genomes]
         return objective_matrix(rows, self.metrics), budget_slack(rows, self.cfg)
+
+    def _search_values(self, cand: Candidate) -> Dict[str, float]:
+        """What the strategy sees: a predicted metric as predicted, even once the front measured it.
+
+        So a resumed or continued run replays exactly what an uninterrupted one saw (the front is
+        measured only at the end); the front itself uses effective values.
+        """
+        return {m.key: cand.predicted[m.key] if m.source == "predicted" and m.key in cand.predicted
+                else cand.value(m.key) for m in self.metrics}
 
     def _predict(self, items):
         """Predict missing values in one vectorised call per metric; store them per candidate."""
@@ -102,9 +116,24 @@ class Experiment:
             for cand, value in zip(cands, self._predictor(key)(np.array([c.genome for c in cands]))):
                 values.setdefault(cand.id, {})[key] = float(value)
         seconds = (time.perf_counter() - start) / len(items)
+        self._check_costs(values, "predicted")
         for cand, _ in items:
             self.store.record(cand.id, values[cand.id], "predicted", seconds)
             cand.predicted.update(values[cand.id])
+
+    def _check_costs(self, values: Dict[int, Dict[str, float]], source: str) -> None:
+        """A latency or energy is positive and a power finite; anything else is refused, never stored."""
+        metrics = {m.key: m for m in self.metrics}
+        for cid, row in values.items():
+            for key, v in row.items():
+                m = metrics[key]
+                # (+inf: a table's missing value, which never reaches the front)
+                ok = v > 0 and (np.isfinite(v) or (source == "measured" and v == np.inf))
+                if m.metric in ("latency_ms", "energy_mJ", "power_W") and not ok:
+                    where = (f"{m.device}'s cost model" if source == "predicted" and self._cost_models.get(m.device)
+                             else f"the {source} value")
+                    raise HwnasError(f"candidate {cid}: {where} gave {key} = {v:g}, which is not a physical "
+                                     f"{m.metric} (must be finite and > 0); nothing of it was stored")
 
     def _predictor(self, key: str):
         """``genomes -> values`` for a predicted metric.
@@ -183,6 +212,24 @@ class Experiment:
                 out.append(m.key)
         return out
 
+    def unmeasured(self) -> Dict[str, str]:
+        """Metric key -> why its values stay predicted on the front (absent: measured there)."""
+        out = {}
+        estimated = self.estimated_keys()
+        for m in self.metrics:
+            if m.measurable:
+                if m.source == "predicted" and not self.cfg.measure_front:
+                    out[m.key] = "predicted during the search and not re-measured (measure_front: false)"
+                continue
+            loc = self.locations.get(m.device)
+            if loc is not None and not loc.here:
+                out[m.key] = f"{m.device} is external: {loc.where}"
+            elif m.key in estimated:
+                out[m.key] = "no energy meter here: an analytical estimate from the device profile"
+            else:
+                out[m.key] = "no energy meter here: from the device profile's measured samples"
+        return out
+
     def _fitted_predictor(self, key: str):
         from hwnas.predictors import AccuracyPredictor
         from hwnas.predictors.features import predictor_features
@@ -239,7 +286,7 @@ class Experiment:
             self.store.record_generation(0)
         s = self.cfg.strategy
         batch = self.cfg.executor.workers if self.cfg.executor.kind == "ray" else 1
-        loop = SearchLoop(ExperimentEvaluator(self), budget=s.budget, seed=s.seed, batch=batch,
+        loop = SearchLoop(ExperimentEvaluator(self), budget=self.budget, seed=s.seed, batch=batch,
                           on_generation=self.store.record_generation)
         create_strategy(s).run(loop)
         front = self.final_front()
@@ -276,6 +323,26 @@ class Experiment:
         finally:
             other.close()
         self.store.set_meta("warm_start", {"run": str(source), "candidates": n})
+
+    def continue_for(self, generations: int) -> None:
+        """Let a finished run go on to ``generations`` in all (more than it has)."""
+        if generations <= self.generations:
+            raise HwnasError(f"{self.run_dir}: --generations {generations} must be more than the "
+                             f"{self.generations} the run has")
+        self.store.set_meta("generations", generations)
+        self.store.set_meta("status", "running")
+        self.generations = generations
+
+    @property
+    def finished(self) -> bool:
+        return self.store.get_meta("status") == "finished"
+
+    @property
+    def budget(self) -> int:
+        """Distinct candidates the strategy may evaluate: ``evaluations``, else population x generations
+        (the generations of a continued run: 'hwnas resume --generations N')."""
+        s = self.cfg.strategy
+        return s.evaluations if s.evaluations is not None else s.population * self.generations
 
     def final_front(self) -> List[Candidate]:
         """The feasible non-dominated candidates; with ``measure_front``, all of them measured.
@@ -373,9 +440,14 @@ class SupernetSpace:
                                         images=cfg.accuracy_eval.images, seed=cfg.strategy.seed)
         self.executor = create_executor(cfg.executor.kind, workers=cfg.executor.workers,
                                         address=cfg.executor.address)
-        # How device profiles name this space (hwnas devices measure --space ...).
-        self.device_space = cfg.space.supernet + ("" if cfg.space.checkpoint == "default"
-                                                  else f":{cfg.space.checkpoint}")
+        self.device_space = device_space_name(cfg)  # how device profiles name this space
+        # A device on a Ray node (its profile's ray_resource) is measured there: one actor pinned to the node.
+        self.on_nodes = {}
+        for name, loc in device_locations(cfg).items():
+            if loc.ray_resource:
+                address = cfg.executor.address or os.environ.get("RAY_ADDRESS", "auto")
+                self.on_nodes[name] = create_executor("ray", workers=1, address=address,
+                                                      resources={loc.ray_resource: 1})
 
     def canonical(self, genomes: np.ndarray) -> np.ndarray:
         return genomes
@@ -395,12 +467,31 @@ class SupernetSpace:
         return self.supernet.describe(config)
 
     def measure(self, requests):
-        return self.executor.map(self.task, requests)
+        if not self.on_nodes:
+            return self.executor.map(self.task, requests)
+        return self._measure_on_nodes(list(requests))
+
+    def _measure_on_nodes(self, requests):
+        """Each device's costs on its node, the rest (accuracy, params, local devices) on the executor."""
+        device_of = {key: m.device for key, m in self.task.metrics.items()}
+        results = [({}, 0.0) for _ in requests]
+        for where in list(self.on_nodes) + [None]:  # None: what the run's own executor measures
+            def wanted(key, where=where):
+                return device_of[key] == where if where else device_of[key] not in self.on_nodes
+
+            part = [(i, (config, [k for k in keys if wanted(k)])) for i, (config, keys) in enumerate(requests)]
+            part = [(i, request) for i, request in part if request[1]]
+            executor = self.on_nodes.get(where, self.executor)
+            for (i, _), (values, seconds) in zip(part, executor.map(self.task, [r for _, r in part])):
+                results[i] = ({**results[i][0], **values}, results[i][1] + seconds)
+        yield from results
 
     def exhaustive(self):
         return None  # a supernet's space is far too large to enumerate
 
     def close(self):
+        for executor in self.on_nodes.values():
+            executor.shutdown()
         self.executor.shutdown()
 
 
@@ -427,7 +518,7 @@ class TableSpace:
         self.metrics = {m.key: m for m in metrics}
         self.accuracy_column = self.ACCURACY_COLUMNS.get(cfg.data)
         self.complete = len(self.bench) >= self.space.size
-        self.device_space = cfg.space.tabular_space
+        self.device_space = device_space_name(cfg)
         self.exclude_degenerate = cfg.space.degenerate == "exclude"
 
     def degenerate(self, genomes: np.ndarray) -> np.ndarray:
@@ -510,6 +601,19 @@ def prepare_run_dir(cfg: ExperimentConfig, config_path: Path, out: Optional[Path
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config_path, run_dir / CONFIG_NAME)
     return run_dir
+
+
+def run_status(run_dir: Path, cfg: ExperimentConfig) -> Optional[Dict]:
+    """A run folder's state from its store (None before the store exists): finished, candidates, generations."""
+    path = Path(run_dir) / STORE_NAME
+    if not path.is_file():
+        return None
+    store = ResultsStore(path)
+    try:
+        return {"finished": store.get_meta("status") == "finished", "candidates": len(store.candidates()),
+                "generations": int(store.get_meta("generations", cfg.strategy.generations))}
+    finally:
+        store.close()
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:

@@ -139,6 +139,29 @@ def hypervolume_vs_exhaustive(exp, front: Sequence[Candidate]):
     return hv_ratio(F_found, F_true)
 
 
+def exhaustive_obstacle(exp, front) -> str:
+    """Why a table run's front cannot be compared with the table's exhaustive front."""
+    external = sorted({m.device for m in exp.metrics if m.device and not exp.locations[m.device].here})
+    if external:
+        return f"the table has no column for {', '.join(external)} (predicted from the device profile)"
+    missing = [m.key for m in exp.metrics if not m.measurable]
+    if missing:
+        return f"the table holds no {', '.join(missing)}"
+    if not exp.space_backend.complete:
+        return "the table samples its space, so it has no exhaustive front"
+    if not front:
+        return "the run's front is empty"
+    return "no architecture of the table meets every budget"
+
+
+def _device_text(d, loc, cfg) -> str:
+    if not loc.here:
+        return f"{d.name} (external: {loc.where})"
+    if cfg.space.table is not None:
+        return f"{d.name} ({loc.where})"
+    return f"{d.name} (here: {loc.where}, batch {d.batch_size}, {d.threads} thread(s))"
+
+
 def plot_pareto(path: Path, exp, front: Sequence[Candidate]) -> None:
     import matplotlib
 
@@ -169,9 +192,14 @@ def plot_pareto(path: Path, exp, front: Sequence[Candidate]) -> None:
             ax.axvline(b.value, ls="--", c="k", lw=1, label=b.text)
         elif key == y.key:
             ax.axhline(b.value, ls="--", c="k", lw=1, label=b.text)
-    estimated = exp.estimated_keys()
-    ax.set_xlabel(f"{x.key} ({x.goal}{', estimated' if x.key in estimated else ''})")
-    ax.set_ylabel(f"{y.key} ({y.goal}{', estimated' if y.key in estimated else ''})")
+    estimated, unmeasured = exp.estimated_keys(), exp.unmeasured()
+
+    def label(m):
+        how = ", estimated" if m.key in estimated else (", predicted" if m.key in unmeasured else "")
+        return f"{m.key} ({m.goal}{how})"
+
+    ax.set_xlabel(label(x))
+    ax.set_ylabel(label(y))
     ax.set_title(f"{exp.cfg.name}: {len(cands)} candidates, {len(front)} on the front")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
@@ -225,6 +253,8 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     plot_hv(run_dir / "hv.png", history)
     write_hv_json(run_dir / "hv.json", exp, history, hv_vs_true)
 
+    keys = [m.key for m in exp.metrics]
+    unmeasured = exp.unmeasured()
     objectives = ", ".join(f"{m.key} ({m.goal}, {'estimated' if m.key in estimated else m.source})"
                            for m in exp.metrics if m.goal)
     budgets = ", ".join(b.text + (" (estimated)" if canonical_key(cfg, b.metric) in estimated else "")
@@ -238,17 +268,18 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         f"{exp.space.n_var} variables, {exp.space.size:.3g} sub-networks",
         f"- data: `{cfg.data}` " + (f"(accuracy on the `{cfg.accuracy_eval.split}` split)" if cfg.space.supernet
                                     else "(the table's accuracy)"),
-        f"- devices: " + ", ".join(f"{d.name} ({d.backend}, batch {d.batch_size}, {d.threads} thread(s))"
-                                   for d in cfg.devices),
+        f"- devices: " + ", ".join(_device_text(d, exp.locations[d.name], cfg) for d in cfg.devices),
         f"- objectives: {objectives}",
         f"- budgets: {budgets}",
         f"- strategy: {strategy_text(cfg.strategy)}, budget {cfg.strategy.budget} evaluations, seed {cfg.strategy.seed}; "
         f"executor {cfg.executor.kind}",
         f"- evaluated: {len(cands)} distinct candidates in {wall_time_s:.1f} s; "
-        f"{len(front)} on the front (feasible and non-dominated"
-        + ((", every value measured" + (" except the estimates" if estimated else "") + ")")
-           if cfg.measure_front else ")"),
+        f"{len(front)} on the front (feasible and non-dominated; "
+        + (f"measured: {', '.join(k for k in keys if k not in unmeasured)}" if len(unmeasured) < len(keys)
+           else "nothing measured") + ")",
     ]
+    for key, why in unmeasured.items():
+        lines.append(f"- predicted, not measured: {key}: {why}")
     if estimated:
         lines.append(f"- estimated: {', '.join(estimated)} are {ESTIMATE_NOTE}")
     for device, scale in exp.latency_scales().items():
@@ -259,7 +290,6 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         "## Pareto front",
         "",
     ]
-    keys = [m.key for m in exp.metrics]
     lines.append("| id | arch | " + " | ".join(keys) + " |")
     lines.append("|---|---|" + "---|" * len(keys))
     for r in front_rows:
@@ -277,6 +307,8 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
               "|---|---|---|" + ("---|" if with_ratio else "")]
     lines += [f"| {g} | {n} | {hv:.4f} |" + (f" {_fmt(r)} |" if with_ratio else "") for g, n, hv, r in history]
     lines += ["", "![Hypervolume](hv.png)", ""]
+    if hv_vs_true is None and cfg.space.table is not None:
+        lines += [f"No comparison with the exhaustive front: {exhaustive_obstacle(exp, front)}.", ""]
     if hv_vs_true is not None:
         lines += [f"Against the exhaustive front of the table (every architecture, same budgets): "
                   f"HV(found) / HV(true) = **{hv_vs_true:.4f}** (objectives normalised by the true "

@@ -27,8 +27,31 @@ try:
     ray.init(address=cluster.address, log_to_driver=False)
     result = measure_device("remote-cpu", spec, "torch-cpu", batch_size=2, threads=1, home=home,
                             ray_resource="device:remote-cpu", warmup=1, repeats=3, max_repeats=3)
+    # A run on that device measures its latency on that node too.
+    import os, pathlib, yaml
+    from hwnas.config import load_config
+    from hwnas.pipeline import Experiment
+    os.environ["HWNAS_HOME"] = str(pathlib.Path(home).parent)
+    run_dir = pathlib.Path(home).parent / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({
+        "name": "on-node", "space": {"supernet": "elastic_mbv3", "checkpoint": spec.partition(":")[2]},
+        "devices": [{"name": "remote-cpu", "warmup": 1, "repeats": 3}],
+        "objectives": {"accuracy": "max", "latency_ms": "min"},
+        "strategy": {"name": "random", "population": 6, "generations": 1, "seed": 1},
+        "executor": {"kind": "ray", "address": cluster.address, "workers": 1},
+        "accuracy_eval": {"calib_images": 20, "images": 50}}))
+    exp = Experiment(load_config(run_dir / "config.yaml"), run_dir)
+    try:
+        summary = exp.run()
+        run = {"measured": [c.measured for c in exp.store.candidates()],
+               "latency_nodes": exp.space_backend.on_nodes["remote-cpu"].nodes(),
+               "where": exp.locations["remote-cpu"].where}
+    finally:
+        exp.close()
     print("RESULT " + json.dumps({"ran_on": result["node"], "device_node": device_node.node_id,
-                                  "head_node": cluster.head_node.node_id, "entries": result["entries"]}))
+                                  "head_node": cluster.head_node.node_id, "entries": result["entries"],
+                                  "run": run}))
 finally:
     ray.shutdown()
     cluster.shutdown()
@@ -63,3 +86,11 @@ def test_measure_runs_on_the_node_with_the_device_resource(remote_measurement):
     assert len(profile.samples(spec)) == 32 and profile.file("lut", spec, "json").is_file()  # every sub-network of the tiny space (< 40)
     model = cost_model("remote-cpu", spec, home)
     assert model.method.startswith("per-block lookup table") and len(model.table) == result["entries"]
+
+
+def test_a_run_measures_the_device_on_its_node(remote_measurement):
+    _, _, result = remote_measurement
+    run = result["run"]
+    assert run["latency_nodes"] == [result["device_node"]]  # the latency actor sits on the device's node
+    assert "device:remote-cpu" in run["where"]
+    assert len(run["measured"]) >= 3 and all(v["latency_ms"] > 0 and 0 <= v["accuracy"] <= 1 for v in run["measured"])
