@@ -229,7 +229,7 @@ def render_section() -> None:
 Median ± IQR over {docs[0]['seeds']} seeds of HV(found) / HV(exhaustive front) after B distinct cells measured
 (front of the first B cells a strategy measured; objectives normalised so the exhaustive front's ideal is 0 and its
 nadir 1, reference point (1.1, 1.1); accuracy `{docs[0]['accuracy']}`; "front": size of the exhaustive front).
-Strategies with the shipped defaults of `StrategyConfig` (population 24; linas: batch 10, NSGA-II 100 x 10
+Strategies with the shipped defaults of `StrategyConfig` (population 24; linas: batch 10, NSGA-II 100 x 4
 generations on the predictions per round); `optuna_tpe` / `optuna_nsga2` are `name: optuna` with `sampler: tpe` /
 `nsga2`.
 

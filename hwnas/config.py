@@ -119,9 +119,9 @@ class StrategyConfig(_Model):
     # linas: candidates measured per round, and NSGA-II's population and generations on the predictions.
     linas_batch: int = Field(default=10, ge=1, le=100000)
     linas_population: int = Field(default=100, ge=4, le=100000)
-    linas_generations: int = Field(default=10, ge=1, le=10000)
+    linas_generations: int = Field(default=4, ge=1, le=10000)
     # linas picks by predicted value minus this many standard deviations of the surrogate's trees.
-    linas_optimism: float = Field(default=1.0, ge=0, le=10)
+    linas_optimism: float = Field(default=0.5, ge=0, le=10)
     # A run folder whose measured candidates this run starts from (not counted against the budget).
     warm_start: Optional[str] = None
 

@@ -1,12 +1,16 @@
 """``linas``: NSGA-II on the loop's predictions, measure the most promising distinct batch, refit, repeat.
 
-After an initial random design, every round runs NSGA-II for ``linas_generations``
-generations of ``linas_population`` on ``loop.predict`` (the surrogate, refitted on everything
-measured so far; the population carries over between rounds, seeded with the measured
-front), then measures a batch of candidates the loop has not seen: non-dominated sorting of
-their predicted values together with the measured front, rank by rank, crowding distance
-within a rank. A batch short of new candidates is topped up at random, so the search never
-stalls on repeats. The budget counts only what is measured; screening is free.
+After an initial design (the smallest and largest genomes, then random ones), every round
+runs NSGA-II for ``linas_generations`` generations of ``linas_population`` on ``loop.predict``
+(the surrogate, refitted on everything measured so far), its parents the best measured
+candidates (by their measured values) and the population carried over from the last round.
+Of the distinct unseen candidates it visited, and every one-gene neighbour of the measured
+front, it measures a batch (``linas_batch``, at least a tenth of what is measured so far):
+two objectives, greedy hypervolume improvement over the measured front of the optimistic
+prediction (mean - ``linas_optimism`` x the trees' spread); then, and with more objectives,
+NSGA-II's order of the predictions ranked together with the measured front. A batch short of
+new candidates is topped up at random, so the search never stalls on repeats. The budget
+counts only what is measured; screening is free.
 
 The NSGA-II here is pymoo's operators (SBX, polynomial mutation, the ``strategy.crossover`` /
 ``mutation`` settings; non-dominated sorting; crowding distance) on plain arrays: pymoo's
@@ -95,6 +99,17 @@ def pick_batch(F_cand: np.ndarray, G_cand: np.ndarray, F_front: np.ndarray, n: i
     return np.array(picked + rest, dtype=int)[:n]
 
 
+def neighbours(X: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Every genome one gene away from a row of X."""
+    out = []
+    for j, u in enumerate(upper):
+        for v in range(int(u) + 1):
+            Y = X[X[:, j] != v].copy()
+            Y[:, j] = v
+            out.append(Y)
+    return np.vstack(out) if out else X[:0]
+
+
 class Linas:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -133,13 +148,15 @@ class Linas:
         size = cfg.linas_population + cfg.linas_population % 2  # mating pairs
         carried = loop.space.sample(rng, size)
         while not loop.exhausted:
-            X_hist, F_hist, _ = loop.history()
+            X_hist, F_hist, G_hist = loop.history()
             front = X_hist[nondominated(F_hist)] if len(X_hist) else X_hist
-            X = np.unique(np.vstack([front, carried]), axis=0)
-            F, G = loop.predict(X)
-            keep = best_first(F, G)[:size]
-            X, F, G = X[keep], F[keep], G[keep]
-            visited = [X]
+            # Parents: the best measured candidates (their measured values), then the carried population.
+            best = best_first(F_hist, G_hist)[:size]
+            carried = carried[~loop.seen(carried)][: size - len(best)]
+            Fc, Gc = loop.predict(carried) if len(carried) else (F_hist[:0], G_hist[:0])
+            X = np.vstack([X_hist[best], carried])
+            F, G = np.vstack([F_hist[best], Fc]), np.vstack([G_hist[best], Gc])
+            visited = [carried]
             for _ in range(cfg.linas_generations):
                 rank, crowd = rank_and_crowding(F, G)
                 Q = self._offspring(problem, X, rank, crowd, rng)
@@ -151,7 +168,9 @@ class Linas:
                 keep = best_first(F, G)[:size]
                 X, F, G = X[keep], F[keep], G[keep]
             carried = X
-            pool = np.unique(np.vstack(visited), axis=0)
+            # The pool: what the search on the predictions visited, and every one-gene neighbour
+            # of the measured front (the true front is mostly a step away from the measured one).
+            pool = np.unique(np.vstack(visited + [neighbours(front, loop.space.upper)]), axis=0)
             pool = pool[~loop.seen(pool)]
             n = min(max(cfg.linas_batch, loop.used // 10), loop.remaining)
             batch = pool[:0]
