@@ -18,8 +18,11 @@ the same CPU count too) and NVML on NVIDIA GPUs. Backends whose hardware is abse
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -151,6 +154,33 @@ def time_interleaved(runs: Sequence[Callable[[], object]], warmup: int = 3, repe
     """
     if statistic not in STATISTICS:
         raise HwnasError(f"backend settings: unknown statistic {statistic!r}; allowed: {', '.join(STATISTICS)}")
+    with exclusive_timing():
+        return _time_interleaved(runs, warmup, repeats, max_repeats, rel_ci, sync, energy, clock, per_round,
+                                 statistic)
+
+
+TIMING_LOCK = Path(tempfile.gettempdir()) / "hwnas-timing.lock"
+
+
+@contextlib.contextmanager
+def exclusive_timing():
+    """One timing at a time on this host: parallel workers (Ray actors, a second run) wait for the
+    lock instead of timing at once and skewing each other's latency. Held only while timing."""
+    try:
+        handle = open(TIMING_LOCK, "a")
+    except OSError:  # a lock file this user cannot open (another user's): time without it
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _time_interleaved(runs, warmup, repeats, max_repeats, rel_ci, sync, energy, clock, per_round,
+                      statistic) -> List[Measurement]:
     max_repeats = max(repeats, max_repeats if max_repeats is not None else 3 * repeats)
     for run in runs:
         for _ in range(warmup):

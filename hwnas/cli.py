@@ -17,55 +17,38 @@ from .errors import HwnasError
 EXIT_USAGE = 2
 
 
-def _progress_total(cfg, generations: int) -> int:
-    s = cfg.strategy
-    predicted = any(o.source == "predicted" for o in cfg.objectives.values())
-    budget = s.evaluations if s.evaluations is not None else s.population * generations
-    return budget + (s.initial_samples if predicted else 0)
-
-
 def _execute(cfg, run_dir: Path, quiet: bool, generations: Optional[int] = None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    from .pipeline import Experiment, run_status
-    from .report import write_report
+    from .api import execute
+    from .pipeline import run_status
 
-    console = Console(stderr=True, quiet=quiet)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     status = run_status(run_dir, cfg)
     if status is not None and status["finished"] and generations is None:
         print(f"{run_dir}: the run is finished ({status['candidates']} candidates, {status['generations']} "
               f"generations); nothing changed. 'hwnas resume {run_dir} --generations N' continues it to N "
               f"generations in all")
         return 0
+    console = Console(stderr=True, quiet=quiet)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False, disable=quiet) as progress:
-        exp = Experiment(cfg, run_dir)
-        try:
-            if generations is not None:
-                exp.continue_for(generations)
-            task = progress.add_task(f"{cfg.name}: evaluating", total=_progress_total(cfg, exp.generations))
-            exp.progress = lambda n: progress.advance(task, n)
-            summary = exp.run()
-            progress.update(task, description=f"{cfg.name}: writing report")
-            write_report(exp, summary.front, summary.wall_time_s)
-            estimated = exp.estimated_keys()
-            unmeasured = exp.unmeasured()
-        finally:
-            exp.close()
-    best = ", ".join(f"{m.key}{' (estimated)' if m.key in estimated else ''} "
-                     f"{min(c.value(m.key) for c in summary.front):.4g}–"
-                     f"{max(c.value(m.key) for c in summary.front):.4g}"
-                     for m in exp.metrics if m.goal) if summary.front else "no feasible candidate"
-    if not summary.front and cfg.budgets:
+        task = progress.add_task(f"{cfg.name}: evaluating", total=None)
+        run = execute(cfg, run_dir, progress=lambda n: progress.advance(task, n), generations=generations,
+                      on_start=lambda total: progress.update(task, total=total))
+    summary, front = run.summary, run.summary.front
+    best = ", ".join(f"{m.key}{' (estimated)' if m.key in run.estimated else ''} "
+                     f"{min(c.value(m.key) for c in front):.4g}–{max(c.value(m.key) for c in front):.4g}"
+                     for m in run.metrics if m.goal) if front else "no feasible candidate"
+    if not front and cfg.budgets:
         print(f"warning: no evaluated candidate meets {', '.join(b.text for b in cfg.budgets)}; the front is empty "
               f"(front.csv has the header only). Loosen the budgets or search longer.", file=sys.stderr)
     print(f"Searched {cfg.name} with {cfg.strategy.name}: {summary.n_candidates} distinct candidates evaluated "
           f"in {summary.wall_time_s:.1f} s; {summary.n_front} on the Pareto front "
           f"({'within ' + ', '.join(b.text for b in cfg.budgets) if cfg.budgets else 'no budgets'}) spanning "
-          f"{best}{'; predicted, not measured: ' + ', '.join(unmeasured) if unmeasured else ''}. "
+          f"{best}{'; predicted, not measured: ' + ', '.join(run.unmeasured) if run.unmeasured else ''}. "
           f"Results in {run_dir}/ (front.csv, report.md, pareto.png, hv.png, results.sqlite).")
     return 0
 
@@ -97,7 +80,10 @@ def cmd_validate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="hwnas", description="Hardware-aware neural architecture search.")
+    parser.add_argument("--version", action="version", version=f"hwnas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a search experiment from a YAML file")

@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,7 +21,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     supernet: str = "elastic_mbv3"
     kwargs: Dict[str, Any] = {}
-    data: str = "fmnist-mini"
+    data: Union[str, Dict[str, Any]] = "fmnist-mini"  # as an experiment's data (docs/CONFIG.md)
     settings: Dict[str, Any] = {}
     init_seed: int = Field(default=0, ge=0)
     train_images: int = Field(default=0, ge=0)  # a seeded subset of the training split (0: all of it)
@@ -82,7 +82,8 @@ def cmd_train(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     state = out.with_suffix(".state")
     result = train_supernet(net, data, settings, state_path=state, resume=not args.restart)
-    meta = {"dataset": data.name, "train_images": len(data.train[0]), "settings": asdict(settings),
+    meta = {"dataset": data.name, "data": cfg.data, "train_images": len(data.train[0]),
+            "preprocessing": data.preprocessing.as_dict() if data.preprocessing else None, "settings": asdict(settings),
             "train_wall_seconds": sum(r["seconds"] for r in result.history), "history": result.history,
             "torch": str(torch.__version__)}
     supernets.save_checkpoint(net, out, meta)
@@ -175,7 +176,8 @@ def register(sub) -> None:
     t.set_defaults(func=cmd_train)
     e = s.add_parser("eval", help="accuracy of sub-networks after BN recalibration")
     e.add_argument("checkpoint", help="a checkpoint file, or a shipped one by name: default, fmnist_mbv3")
-    e.add_argument("--data", default="fmnist-mini", help="fmnist-mini | fashion-mnist:PATH | mnist:PATH")
+    e.add_argument("--data", default="fmnist-mini",
+                   help="fmnist-mini | fashion-mnist:PATH | mnist:PATH | cifar10:PATH | cifar100:PATH | image-folder:PATH")
     e.add_argument("--configs", default="largest,smallest,random:20")
     e.add_argument("--split", default="test", choices=["val", "test"])
     e.add_argument("--calib-images", type=int, default=1000)

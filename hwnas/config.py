@@ -159,10 +159,33 @@ class Budget(_Model):
         return f"{self.metric} {self.op} {self.value:g}"
 
 
+class DataConfig(_Model):
+    """A data set and its preprocessing (hwnas.supernets.datasets); ``data: KIND:PATH`` is short for it."""
+
+    kind: Literal["fmnist-mini", "fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder"]
+    path: Optional[str] = None
+    size: Optional[int] = Field(default=None, ge=4, le=1024)  # resize to size x size
+    channels: Optional[Literal[1, 3]] = None  # default: the data set's own (IDX 1, CIFAR and image folders 3)
+    mean: Optional[List[float]] = None  # per channel, on pixels in [0, 1]
+    std: Optional[List[float]] = None
+    val_fraction: float = Field(default=0.1, gt=0, lt=0.5)  # image folders without val/ or test/
+    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _statistics(self):
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and (len(values) not in (1, self.channels or 3) or
+                                       (name == "std" and min(values) <= 0)):
+                raise ValueError(f"{name}: one value per channel{', each > 0' if name == 'std' else ''}")
+        return self
+
+
 class ExperimentConfig(_Model):
     name: str = Field(default="experiment", min_length=1)
     space: SpaceConfig
-    data: str = "fmnist-mini"
+    data: Union[str, DataConfig] = "fmnist-mini"  # a table: its accuracy column (cifar10, cifar100, imagenet16)
     devices: List[DeviceConfig] = [DeviceConfig(name="local-cpu")]
     objectives: Dict[str, ObjectiveConfig]
     budgets: List[Budget] = []
@@ -405,7 +428,9 @@ def with_profile_settings(cfg: ExperimentConfig, path: Union[str, Path]) -> Expe
             if obstacle is not None:
                 raise ConfigError(path, f"devices[{i}].reanchor",
                                   f"{obstacle}, so its references cannot be re-timed here; allowed: auto, false")
-        if profile is None or profile.spec.backend not in MEASURING_BACKENDS:
+        # Only a device measured here (this host, or its Ray node) is timed in a run, so only its settings matter.
+        if profile is None or profile.spec.backend not in MEASURING_BACKENDS or (
+                profile_obstacle(profile.spec) is not None and not profile.spec.ray_resource):
             devices.append(device)
             continue
         inherited = {k: getattr(profile.spec, k) for k in PROFILE_SETTINGS
@@ -434,13 +459,11 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
         if not checkpoint_path(cfg.space.checkpoint).is_file():
             raise ConfigError(path, "space.checkpoint", f"no such file {cfg.space.checkpoint!r}; give a path or a "
                                                         f"shipped checkpoint ({', '.join(SHIPPED_CHECKPOINTS)})")
-        _check_checkpoint(cfg, path)
-        name, _, folder = cfg.data.partition(":")
-        if name not in DATASETS:
-            raise ConfigError(path, "data", f"unknown data set {cfg.data!r}; allowed: {', '.join(DATASETS)} "
-                                            f"(fashion-mnist:PATH, mnist:PATH read local IDX folders)")
-        if DATASETS[name] and not (folder and Path(folder).is_dir()):
-            raise ConfigError(path, "data", f"{name} needs a local folder: '{name}:PATH' (got {cfg.data!r})")
+        spec = _data_spec(cfg, path)
+        if spec.path and not Path(spec.path).expanduser().is_dir():
+            key = "data" if isinstance(cfg.data, str) else "data.path"
+            raise ConfigError(path, key, f"no such folder {spec.path!r}; {spec.kind} reads a local folder")
+        _check_checkpoint(cfg, path, spec)
     elif not Path(cfg.space.table).is_file():
         raise ConfigError(path, "space.table", f"no such file {cfg.space.table!r}")
     warm = cfg.strategy.warm_start
@@ -449,11 +472,24 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
                                                        "results.sqlite)")
 
 
-DATASETS = {"fmnist-mini": False, "fashion-mnist": True, "mnist": True}  # name -> needs a folder (all grayscale)
+def data_spec(cfg: ExperimentConfig):
+    """The experiment's data as :func:`hwnas.supernets.datasets.load_dataset` takes it (a string or a dict)."""
+    return cfg.data if isinstance(cfg.data, str) else cfg.data.model_dump(exclude_none=True)
 
 
-def _check_checkpoint(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
-    """The checkpoint holds the named supernet, and that supernet takes the data's one channel."""
+def _data_spec(cfg: ExperimentConfig, path: Union[str, Path]):
+    from hwnas.supernets.datasets import parse_spec
+
+    try:
+        return parse_spec(data_spec(cfg))
+    except HwnasError as err:
+        raise ConfigError(path, "data", str(err).removeprefix("data: ")) from None
+
+
+def _check_checkpoint(cfg: ExperimentConfig, path: Union[str, Path], spec) -> None:
+    """The checkpoint holds the named supernet, and that supernet takes as many channels as the data gives."""
+    from hwnas.supernets.datasets import NATURAL_CHANNELS
+
     from hwnas.supernets import SHIPPED_CHECKPOINTS, checkpoint_path, load_checkpoint_header
 
     try:
@@ -465,6 +501,9 @@ def _check_checkpoint(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
                 f"import')" if cfg.space.checkpoint in SHIPPED_CHECKPOINTS else f"name {name!r} in space.supernet")
         raise ConfigError(path, "space.checkpoint", f"{cfg.space.checkpoint} holds a {name!r} supernet, not "
                                                     f"{cfg.space.supernet!r}; {mend}")
-    if kwargs.get("in_chans", 1) != 1:
+    channels = spec.channels or NATURAL_CHANNELS[spec.kind]
+    if kwargs.get("in_chans", 1) != channels:
         raise ConfigError(path, "space.checkpoint", f"{cfg.space.checkpoint} takes {kwargs['in_chans']}-channel "
-                                                    f"images; the data sets ({', '.join(DATASETS)}) are grayscale")
+                                                    f"images but data {spec.kind} gives {channels}; set data: "
+                                                    f"{{kind: {spec.kind}, channels: {kwargs['in_chans']}}} or use "
+                                                    f"data with {kwargs['in_chans']} channels (cifar10, image-folder)")

@@ -1,8 +1,10 @@
-"""Executors fan costly evaluations out: ``map(task, items)`` in order.
+"""Executors fan costly evaluations out: ``map(task, items)`` in order, ``imap_unordered`` as done.
 
 ``local`` runs in this process. ``ray`` keeps a pool of actors, each holding one copy of
 the task (so a supernet is loaded once per worker, not once per candidate); ``ray.init``
-starts a local cluster unless an address is given (``auto`` joins a running one).
+starts a local cluster unless an address is given (``auto`` joins a running one). A Ray
+worker that dies is restarted and its task retried (``MAX_RESTARTS``); each worker gets its
+next item as soon as it is free, and a task's error comes back as our one-line HwnasError.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from .errors import HwnasError
 from .registry import Registry
 
 EXECUTORS = Registry("executor")
+# A Ray worker that dies (out of memory, a segfault, a killed process) is restarted and the task it
+# held is retried on it, up to this many times, before the run stops (and can be resumed).
+MAX_RESTARTS = 3
 
 
 @EXECUTORS.register("local")
@@ -23,6 +28,9 @@ class LocalExecutor:
     def map(self, task: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         for item in items:
             yield task(item)
+
+    def imap_unordered(self, task: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple]:
+        yield from enumerate(self.map(task, items))
 
     def shutdown(self):
         pass
@@ -72,20 +80,58 @@ class RayExecutor:
         self._pool_task = None
         self._actors: List[Any] = []
 
-    def _pool(self, task):
-        from ray.util import ActorPool
-
+    def _pool(self, task) -> List[Any]:
         if self._pool_task is not task:  # a new task: new actors holding it
             for actor in self._actors:
                 self._ray.kill(actor)
             task_ref = self._ray.put(task)
-            self._actors = [self._actor_cls.remote(task_ref) for _ in range(self.workers)]
+            options = dict(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
+            self._actors = [self._actor_cls.options(**options).remote(task_ref) for _ in range(self.workers)]
             self._pool_task = task
-        return ActorPool(self._actors)
+        return self._actors
+
+    def imap_unordered(self, task: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple]:
+        """``(index, result)`` of each item as soon as it is done; a free worker takes the next item."""
+        queue = iter(enumerate(items))
+        pending = {}  # object ref -> (item index, actor)
+
+        def give(actor):
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending[actor.run.remote(nxt[1])] = (nxt[0], actor)
+
+        for actor in self._pool(task):
+            give(actor)
+        while pending:
+            (ref,), _ = self._ray.wait(list(pending), num_returns=1)
+            index, actor = pending.pop(ref)
+            result = self._get(ref)
+            give(actor)
+            yield index, result
 
     def map(self, task: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-        pool = self._pool(task)
-        yield from pool.map(lambda actor, item: actor.run.remote(item), list(items))
+        """In order; results are taken as they complete and held until their turn."""
+        done, turn = {}, 0
+        for index, result in self.imap_unordered(task, items):
+            done[index] = result
+            while turn in done:
+                yield done.pop(turn)
+                turn += 1
+
+    def _get(self, ref):
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return self._ray.get(ref)
+        except RayTaskError as err:
+            cause = getattr(err, "cause", None) or err  # the exception the task raised
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            if isinstance(cause, HwnasError):
+                raise HwnasError(first) from None
+            raise HwnasError(f"a measurement failed on a Ray worker: {type(cause).__name__}: {first}") from None
+        except RayActorError as err:
+            raise HwnasError(f"a Ray worker died {MAX_RESTARTS + 1} times in a row (out of memory, or a crash); "
+                             f"the run stops here and 'hwnas resume' continues it: {str(err).splitlines()[0]}") from None
 
     def nodes(self) -> List[str]:
         """The Ray node id of each actor (where the measurements run)."""

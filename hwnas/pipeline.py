@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import ExperimentConfig, device_locations, device_space_name, load_config
+from .config import ExperimentConfig, data_spec, device_locations, device_space_name, load_config
 from .errors import HwnasError
 from .evaluation import Metric, SupernetMeasureTask, budget_slack, experiment_metrics, objective_matrix
 from .executors import create_executor
@@ -333,6 +333,10 @@ class Experiment:
         self.store.set_meta("status", "running")
         self.generations = generations
 
+    def expected_evaluations(self) -> int:
+        """Candidates the run evaluates at most (for progress bars): initial samples, then the strategy's."""
+        return self.budget + len(self.initial_samples())
+
     @property
     def finished(self) -> bool:
         return self.store.get_meta("status") == "finished"
@@ -435,19 +439,33 @@ class SupernetSpace:
 
         self.supernet = load_checkpoint(_resolve_checkpoint(cfg))
         self.space = self.supernet.space
-        self.task = SupernetMeasureTask(_resolve_checkpoint(cfg), cfg.data, cfg.devices, metrics,
+        self.task = SupernetMeasureTask(_resolve_checkpoint(cfg), data_spec(cfg), cfg.devices, metrics,
                                         split=cfg.accuracy_eval.split, calib_images=cfg.accuracy_eval.calib_images,
                                         images=cfg.accuracy_eval.images, seed=cfg.strategy.seed)
-        self.executor = create_executor(cfg.executor.kind, workers=cfg.executor.workers,
-                                        address=cfg.executor.address)
+        self.cfg = cfg
         self.device_space = device_space_name(cfg)  # how device profiles name this space
-        # A device on a Ray node (its profile's ray_resource) is measured there: one actor pinned to the node.
-        self.on_nodes = {}
-        for name, loc in device_locations(cfg).items():
-            if loc.ray_resource:
-                address = cfg.executor.address or os.environ.get("RAY_ADDRESS", "auto")
-                self.on_nodes[name] = create_executor("ray", workers=1, address=address,
-                                                      resources={loc.ray_resource: 1})
+        self._executor = None
+        self._on_nodes = None
+
+    # Executors start on the first measurement: reading a run (report, API) starts no Ray.
+    @property
+    def executor(self):
+        if self._executor is None:
+            e = self.cfg.executor
+            self._executor = create_executor(e.kind, workers=e.workers, address=e.address)
+        return self._executor
+
+    @property
+    def on_nodes(self):
+        """A device on a Ray node (its profile's ray_resource) is measured there: one actor pinned to the node."""
+        if self._on_nodes is None:
+            self._on_nodes = {}
+            for name, loc in device_locations(self.cfg).items():
+                if loc.ray_resource:
+                    address = self.cfg.executor.address or os.environ.get("RAY_ADDRESS", "auto")
+                    self._on_nodes[name] = create_executor("ray", workers=1, address=address,
+                                                           resources={loc.ray_resource: 1})
+        return self._on_nodes
 
     def canonical(self, genomes: np.ndarray) -> np.ndarray:
         return genomes
@@ -490,9 +508,10 @@ class SupernetSpace:
         return None  # a supernet's space is far too large to enumerate
 
     def close(self):
-        for executor in self.on_nodes.values():
+        for executor in (self._on_nodes or {}).values():
             executor.shutdown()
-        self.executor.shutdown()
+        if self._executor is not None:
+            self._executor.shutdown()
 
 
 def _resolve_checkpoint(cfg: ExperimentConfig) -> str:

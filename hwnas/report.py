@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .config import data_spec
 from .evaluation import Metric, budget_slack, canonical_key, objective_matrix
 from .store import Candidate
 
@@ -17,11 +18,18 @@ ESTIMATE_NOTE = ("analytical estimates (MACs and memory traffic x per-operation 
                  "hwnas.devices.energy), not measurements")
 
 
+def candidate_rows(exp, front: Optional[Sequence[Candidate]] = None) -> List[Dict]:
+    """The rows of candidates.csv (every candidate), or of front.csv (``front``)."""
+    cands = exp.store.candidates() if front is None else front
+    return _rows(cands, exp.metrics, exp.space_backend.describe, exp.estimated_keys())
+
+
 def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe, estimated=()) -> List[Dict]:
     rows = []
     for c in cands:
-        row = {"id": c.id, "arch": describe(c.config), "generation": c.generation,
-               "config": json.dumps(c.config, sort_keys=True)}
+        row = {"id": c.id, "arch": describe(c.config), "generation": c.generation}
+        # One column per search variable (a table's only variable is the arch itself).
+        row.update({name: value for name, value in c.config.items() if name not in row})
         for m in metrics:
             row[m.key] = c.value(m.key)
             source = c.source(m.key) or "unknown"  # no value: the table (or measurement) has none
@@ -29,11 +37,6 @@ def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe, estim
         row["eval_seconds"] = round(c.wall_time_s, 4)
         rows.append(row)
     return rows
-
-
-def csv_fields(metrics: Sequence[Metric]) -> List[str]:
-    return (["id", "arch", "generation", "config"] + [k for m in metrics for k in (m.key, f"{m.key}_source")]
-            + ["eval_seconds"])
 
 
 def write_csv(path: Path, rows: List[Dict], fields: Sequence[str] = ()) -> None:
@@ -240,13 +243,12 @@ def _fmt(v) -> str:
 def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     """Write candidates.csv, front.csv, pareto.png, hv.png and report.md into the run folder."""
     run_dir, cfg = exp.run_dir, exp.cfg
-    describe = exp.space_backend.describe
     cands = exp.store.candidates()
     estimated = exp.estimated_keys()
-    fields = csv_fields(exp.metrics)
-    write_csv(run_dir / "candidates.csv", _rows(cands, exp.metrics, describe, estimated), fields)
-    front_rows = _rows(front, exp.metrics, describe, estimated)
-    write_csv(run_dir / "front.csv", front_rows, fields)
+    rows = candidate_rows(exp)
+    write_csv(run_dir / "candidates.csv", rows)
+    front_rows = candidate_rows(exp, front)
+    write_csv(run_dir / "front.csv", front_rows, fields=list(rows[0]) if rows else ())
     history = hypervolume_history(exp)
     hv_vs_true = hypervolume_vs_exhaustive(exp, front)
     plot_pareto(run_dir / "pareto.png", exp, front)
@@ -266,7 +268,7 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         "",
         f"- space: {space}; dimensions: {', '.join(cfg.space.dimensions)}; "
         f"{exp.space.n_var} variables, {exp.space.size:.3g} sub-networks",
-        f"- data: `{cfg.data}` " + (f"(accuracy on the `{cfg.accuracy_eval.split}` split)" if cfg.space.supernet
+        f"- data: `{data_spec(cfg)}` " + (f"(accuracy on the `{cfg.accuracy_eval.split}` split)" if cfg.space.supernet
                                     else "(the table's accuracy)"),
         f"- devices: " + ", ".join(_device_text(d, exp.locations[d.name], cfg) for d in cfg.devices),
         f"- objectives: {objectives}",

@@ -105,7 +105,9 @@ def test_validate_ok(capsys):
 def _measured_profile(home, name, **settings):
     from hwnas.devices.registry import DeviceSpec, save_device
 
-    save_device(DeviceSpec(name=name, kind="cpu", backend="torch-cpu", **settings), {}, home)
+    import socket
+
+    save_device(DeviceSpec(name=name, kind="cpu", backend="torch-cpu", host=socket.gethostname(), **settings), {}, home)
 
 
 def test_device_settings_come_from_a_measured_profile(tmp_path, monkeypatch):
@@ -128,11 +130,34 @@ def test_device_settings_come_from_a_measured_profile(tmp_path, monkeypatch):
         load_config(write(tmp_path, data))
 
 
+def _given_samples(tmp_path, name, **settings):
+    """A profile with ten latency samples of the default supernet's reference sub-networks."""
+    from hwnas.devices.registry import add_device
+    from hwnas.devices.spaces import device_space
+
+    samples = tmp_path / f"{name}.csv"
+    archs = device_space("elastic_mbv3").reference_archs()
+    samples.write_text("arch,latency_ms\n" + "".join(f"{a},{3 + i}\n" for i, a in enumerate(archs)))
+    add_device(name, "elastic_mbv3", samples, home=tmp_path / "home" / "devices", **settings)
+
+
 def test_profiles_of_given_samples_leave_device_settings_alone(tmp_path, monkeypatch):
-    from hwnas.devices.registry import DeviceSpec, save_device
 
     monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
-    save_device(DeviceSpec(name="phone", kind="phone", backend="external", batch_size=4), {}, tmp_path / "home" / "devices")
+    _given_samples(tmp_path, "phone", backend="external", batch_size=4)
     data = with_change(["devices"], [{"name": "phone"}])
-    data["objectives"]["latency_ms"]["device"] = "phone"
+    data["objectives"]["latency_ms"] = {"goal": "min", "source": "predicted"}
+    data["budgets"] = []
+    assert load_config(write(tmp_path, data)).devices[0].batch_size == 1
+
+
+def test_a_profile_measured_on_another_host_is_external(tmp_path, monkeypatch):
+    """Its settings are not inherited (nothing is timed here), and it cannot be measured here."""
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))
+    _given_samples(tmp_path, "other", backend="torch-cpu", host="another-host", batch_size=8)
+    data = with_change(["devices"], [{"name": "other"}])
+    with pytest.raises(ConfigError, match=r"objectives.latency_ms: device 'other' is external .*another-host"):
+        load_config(write(tmp_path, data))
+    data["objectives"]["latency_ms"]["source"] = "predicted"
+    data["budgets"] = []
     assert load_config(write(tmp_path, data)).devices[0].batch_size == 1

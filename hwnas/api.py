@@ -1,0 +1,159 @@
+"""The Python API: what the ``hwnas`` command line does, as functions (the CLI is a thin layer over them).
+
+    import hwnas
+
+    run = hwnas.run("experiments/quickstart.yaml", out="runs/qs")   # or a dict of the same keys
+    run.front()            # pandas DataFrame: one column per search variable, objective and its source
+    run = hwnas.load_run("runs/qs")
+    run.candidates()       # every evaluated candidate, the rows of candidates.csv
+    hwnas.resume("runs/qs", generations=20)   # continue a finished run to 20 generations
+
+DataFrames need pandas (``pip install 'hwnas[pandas]'``); ``rows()`` gives the same as dicts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Union
+
+import yaml
+
+from .config import ExperimentConfig, load_config as _load_config_file
+from .errors import HwnasError
+
+ConfigSource = Union[str, Path, Dict, ExperimentConfig]
+
+
+def load_config(source: Union[str, Path, Dict]) -> ExperimentConfig:
+    """Validate an experiment from a YAML file or a dict of the same keys (relative paths from the
+    current directory); any problem raises :class:`hwnas.errors.ConfigError`, one line."""
+    if isinstance(source, dict):
+        with tempfile.TemporaryDirectory(prefix="hwnas-config-") as tmp:
+            return _load_config_file(_write_yaml(Path(tmp) / "config.yaml", source))
+    return _load_config_file(source)
+
+
+def _write_yaml(path: Path, data: Dict) -> Path:
+    try:
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    except yaml.YAMLError as err:
+        raise HwnasError(f"the experiment dict cannot be written as YAML: {err}") from None
+    return path
+
+
+class Run:
+    """A run folder: its validated config, its store and the views written from it."""
+
+    def __init__(self, path: Union[str, Path], config: Optional[ExperimentConfig] = None, summary=None):
+        from .pipeline import load_run_config
+
+        self.path = Path(path)
+        self.config = config if config is not None else load_run_config(self.path)
+        self.summary = summary  # the RunSummary of the call that ran it (None when loaded)
+        self.unmeasured: Dict[str, str] = {}  # filled by the call that ran it (summary line of the CLI)
+        self.estimated: List[str] = []
+        self.metrics: List = []
+
+    def _experiment(self):
+        from .pipeline import Experiment
+
+        return Experiment(self.config, self.path)
+
+    def rows(self, front: bool = False) -> List[Dict]:
+        """The rows of ``candidates.csv`` (or ``front.csv``), as dicts."""
+        from .report import candidate_rows
+
+        exp = self._experiment()
+        try:
+            return candidate_rows(exp, exp.front(measured_only=self.config.measure_front) if front else None)
+        finally:
+            exp.close()
+
+    def candidates(self):
+        """Every evaluated candidate as a DataFrame (the rows of ``candidates.csv``)."""
+        return _dataframe(self.rows())
+
+    def front(self):
+        """The feasible non-dominated candidates as a DataFrame (the rows of ``front.csv``)."""
+        return _dataframe(self.rows(front=True))
+
+    def report(self) -> str:
+        """The text of ``report.md``."""
+        path = self.path / "report.md"
+        if not path.is_file():
+            raise HwnasError(f"{self.path}: no report.md yet (the run has not finished; 'hwnas resume {self.path}')")
+        return path.read_text()
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, {self.config.name!r})"
+
+
+def _dataframe(rows: List[Dict]):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise HwnasError("DataFrames need pandas: pip install 'hwnas[pandas]' (or use .rows())") from None
+    return pd.DataFrame(rows)
+
+
+def execute(cfg: ExperimentConfig, run_dir: Path, progress: Optional[Callable[[int], None]] = None,
+            generations: Optional[int] = None, on_start: Optional[Callable[[int], None]] = None) -> Run:
+    """Search in ``run_dir`` (new or resumed) and write its report; ``progress(n)``: n more evaluated.
+
+    ``on_start(total)`` is told how many evaluations to expect. A finished run is left as it is
+    unless ``generations`` continues it.
+    """
+    from .pipeline import Experiment
+    from .report import write_report
+
+    exp = Experiment(cfg, run_dir, progress=progress)
+    try:
+        if generations is not None:
+            exp.continue_for(generations)
+        if on_start is not None:
+            on_start(exp.expected_evaluations())
+        summary = exp.run()
+        write_report(exp, summary.front, summary.wall_time_s)
+        run = Run(run_dir, cfg, summary)
+        run.unmeasured, run.estimated = exp.unmeasured(), exp.estimated_keys()
+        run.metrics = exp.metrics
+        return run
+    finally:
+        exp.close()
+
+
+def run(config: ConfigSource, out: Union[str, Path, None] = None,
+        progress: Optional[Callable[[int], None]] = None) -> Run:
+    """Validate ``config`` (a path, a dict or an ExperimentConfig) and run it into ``out``
+    (default: the file's ``output``, else ``runs/<name>-<time>``)."""
+    from .pipeline import prepare_run_dir
+
+    if isinstance(config, (str, Path)):
+        cfg, path = load_config(config), Path(config)
+        return execute(cfg, prepare_run_dir(cfg, path, Path(out) if out else None), progress)
+    data = config.model_dump(mode="json", exclude_unset=True) if isinstance(config, ExperimentConfig) else config
+    with tempfile.TemporaryDirectory(prefix="hwnas-config-") as tmp:
+        path = _write_yaml(Path(tmp) / "config.yaml", data)
+        cfg = load_config(path)
+        run_dir = prepare_run_dir(cfg, path, Path(out) if out else None)
+    return execute(cfg, run_dir, progress)
+
+
+def resume(path: Union[str, Path], generations: Optional[int] = None,
+           progress: Optional[Callable[[int], None]] = None) -> Run:
+    """Continue a killed run (stored candidates are answered from the store); a finished run is
+    returned as it is unless ``generations`` (more than it has) continues it."""
+    from .pipeline import load_run_config, run_status
+
+    run_dir = Path(path)
+    cfg = load_run_config(run_dir)
+    status = run_status(run_dir, cfg)
+    if status is not None and status["finished"] and generations is None:
+        return Run(run_dir, cfg)
+    return execute(cfg, run_dir, progress, generations)
+
+
+def load_run(path: Union[str, Path]) -> Run:
+    """An existing run folder (finished or not), to read its candidates, front and report."""
+    return Run(path)

@@ -1,0 +1,55 @@
+"""The Python API: docs/API.md's examples run as written, and its views equal the CLI's files."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_api_examples_run(tmp_path, monkeypatch):
+    pytest.importorskip("pandas")
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "API.md").read_text(), flags=re.S)
+    assert len(blocks) >= 3
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "docs/API.md", "exec"), namespace)
+    run_dir = tmp_path / "runs" / "api-example"
+    assert (run_dir / "front.csv").is_file() and (run_dir / "report.md").is_file()
+
+
+def test_load_run_candidates_equal_candidates_csv(tmp_path):
+    pd = pytest.importorskip("pandas")
+    import hwnas
+    from hwnas.cli import main
+
+    config = tmp_path / "e.yaml"
+    config.write_text(
+        "name: df\nspace: {supernet: elastic_mbv3}\n"
+        "devices: [{name: local-cpu, batch_size: 4, warmup: 1, repeats: 3}]\n"
+        "objectives: {accuracy: max, latency_ms: min, params: min}\n"
+        "strategy: {name: random, population: 5, generations: 1, seed: 2}\n"
+        "accuracy_eval: {calib_images: 32, images: 100}\n")
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    run = hwnas.load_run(tmp_path / "run")
+    df = run.candidates()
+    csv = pd.read_csv(tmp_path / "run" / "candidates.csv")
+    assert list(df.columns) == list(csv.columns) and len(df) == len(csv) == 5
+    pd.testing.assert_frame_equal(df.reset_index(drop=True), csv, check_dtype=False)
+    variables = [v.name for v in hwnas.supernets.load_default().space.variables]
+    assert set(variables) <= set(df.columns)  # one column per search variable
+    assert run.front().shape[0] == pd.read_csv(tmp_path / "run" / "front.csv").shape[0]
+
+
+def test_version_and_errors_are_public():
+    import hwnas
+    from hwnas.cli import main
+
+    assert hwnas.__version__
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    with pytest.raises(hwnas.ConfigError, match="space"):
+        hwnas.load_config({"name": "x", "objectives": {"accuracy": "max", "latency_ms": "min"}})
