@@ -318,3 +318,18 @@ def test_warm_start_takes_an_earlier_runs_store_for_free(tmp_path):
     assert len(warm) == 50 and len(cands) == 80  # 30 new ones measured, the 50 never again
     bad = nb201_experiment(tmp_path, name="bad", strategy={"name": "linas", "warm_start": str(tmp_path / "nope")})
     assert main(["validate", str(bad)]) == 2
+
+
+@requires(BENCH / "nb201.csv.gz")
+def test_operators_and_sampler_come_from_the_yaml(tmp_path, capsys):
+    good = nb201_experiment(tmp_path, name="ops", strategy={"name": "nsga2", "evaluations": 30,
+                                                            "crossover": {"eta": 5, "prob": 0.8, "prob_var": 0.3},
+                                                            "mutation": {"eta": 30}})
+    assert main(["validate", str(good)]) == 0
+    bad = nb201_experiment(tmp_path, name="bad-ops", strategy={"name": "nsga2", "crossover": {"eta": 0}})
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "strategy.crossover.eta" in err[0]
+    bad = nb201_experiment(tmp_path, name="bad-sampler", strategy={"name": "optuna", "sampler": "cmaes"})
+    assert main(["validate", str(bad)]) == 2
+    assert "strategy.sampler" in capsys.readouterr().err
