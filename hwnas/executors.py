@@ -84,9 +84,10 @@ class RayExecutor:
         if self._pool_task is not task:  # a new task: new actors holding it
             for actor in self._actors:
                 self._ray.kill(actor)
-            task_ref = self._ray.put(task)
+            # The task itself (small: settings, no loaded models) travels inline with each actor's creation,
+            # so a restarted actor can always be rebuilt (an object-store argument could be gone by then).
             options = dict(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
-            self._actors = [self._actor_cls.options(**options).remote(task_ref) for _ in range(self.workers)]
+            self._actors = [self._actor_cls.options(**options).remote(task) for _ in range(self.workers)]
             self._pool_task = task
         return self._actors
 

@@ -32,19 +32,31 @@ def test_a_worker_that_dies_is_restarted_and_nothing_is_lost(ray_cluster, tmp_pa
     assert (tmp_path / "died").exists()  # the crash did happen
 
 
-def test_results_come_as_they_complete(ray_cluster):
+def slow_first_task(marker_dir):
+    """Item 0 finishes only once the four other items are done (on the other worker)."""
     import time
 
     class Slow:
         def __call__(self, item):
-            time.sleep(1.0 if item == 0 else 0.05)
+            if item == 0:
+                deadline = time.time() + 120
+                while len(os.listdir(marker_dir)) < 4 and time.time() < deadline:
+                    time.sleep(0.02)
+            else:
+                open(os.path.join(marker_dir, str(item)), "w").close()
             return item
 
+    return Slow()
+
+
+def test_results_come_as_they_complete(ray_cluster, tmp_path):
     executor = create_executor("ray", workers=2)
     try:
-        order = [i for i, _ in executor.imap_unordered(Slow(), range(6))]
-        assert sorted(order) == list(range(6)) and order[0] != 0  # the slow first item does not hold the rest
-        assert list(executor.map(Slow(), range(6))) == list(range(6))
+        (tmp_path / "a").mkdir()
+        order = [i for i, _ in executor.imap_unordered(slow_first_task(str(tmp_path / "a")), range(5))]
+        assert sorted(order) == list(range(5)) and order[-1] == 0  # the slow first item held nothing back
+        (tmp_path / "b").mkdir()
+        assert list(executor.map(slow_first_task(str(tmp_path / "b")), range(5))) == list(range(5))
     finally:
         executor.shutdown()
 
