@@ -35,7 +35,7 @@ def command() -> str:
 
 
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["quickstart", "supernets", "fewshot", "devices", "devices_add"]  # the rest follow alphabetically
+ORDER = ["quickstart", "supernets", "fewshot", "fewshot_logo", "devices", "devices_add"]  # the rest follow alphabetically
 
 
 def write_section(slug: str, title: str, body: str, cmd: str | None = None) -> None:

@@ -134,6 +134,28 @@ def run_throughput(args) -> dict:
     return out
 
 
+def meta_trained(args, bench: TabularBenchmark, train: list, seed: int) -> FewShotPredictor:
+    """Meta-train on ``train`` (seeded, so the same weights every time); with ``--meta-cache DIR`` the
+    result is kept there and reused by later runs with the same space, devices, settings and seed."""
+    predictor = FewShotPredictor.for_space(args.space, epochs=args.epochs, n_members=args.members, seed=seed,
+                                           threads=args.threads)
+    path = None
+    if args.meta_cache:
+        import hashlib
+
+        key = json.dumps([bench.name, [bench.column_name(c) for c in train], predictor.get_params()], sort_keys=True)
+        path = Path(args.meta_cache) / f"{bench.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+        if path.is_file():
+            cached = FewShotPredictor.load(path)
+            cached.proxies = predictor.proxies
+            return cached
+    predictor.meta_fit(bench, train)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        predictor.save(path)
+    return predictor
+
+
 def run(args) -> dict:
     bench = TabularBenchmark.load(args.space, args.table)
     train, test = _device_list(args.meta_train_devices), _device_list(args.test_devices)
@@ -159,9 +181,7 @@ def run(args) -> dict:
     meta_seconds, last = [], None
     for seed in range(args.seeds):
         t = time.perf_counter()
-        predictor = FewShotPredictor.for_space(
-            args.space, epochs=args.epochs, n_members=args.members, seed=seed, threads=args.threads
-        ).meta_fit(bench, train_cols)
+        predictor = meta_trained(args, bench, train_cols, seed)
         meta_seconds.append(time.perf_counter() - t)
         rng = np.random.default_rng(seed)
         for d, c in zip(test, test_cols):
@@ -204,6 +224,121 @@ def run(args) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- leave one group out
+GROUPS = {
+    "nb201": ("phones", "gpus", "cpus", "eagle"),
+    "fbnet": ("phones", "gpus", "cpus"),
+    "ofa_mbv3": ("2080ti", "titan_xp", "v100"),
+}
+
+
+def device_group(space: str, device: str) -> str:
+    """Phones, GPUs, CPUs, the desktop Eagle pair (its own group); OFA's table has GPUs only: their family."""
+    if space == "ofa_mbv3":
+        return device.rsplit("_", 1)[0]
+    if device.startswith("eagle"):
+        return "eagle"
+    if device.startswith(("samsung", "pixel", "essential")):
+        return "phones"
+    if device.startswith(("silver", "gold")):
+        return "cpus"
+    return "gpus"
+
+
+def nearest_device(bench: TabularBenchmark, train: list, shots: np.ndarray, y: np.ndarray) -> str:
+    """The meta-training device whose latencies on the shots rank them most like the target's."""
+    def rho(d):
+        v = bench.values(d)[shots]
+        return spearmanr(v, y)[0] if np.isfinite(v).all() else -1.0
+    return max(train, key=rho)
+
+
+def run_logo(args) -> dict:
+    """Each group held out in turn: meta-train on the other groups, adapt to each held-out device from
+    ``shots`` samples (HELP's 10 references, then random pool architectures), rho on its query set."""
+    bench = TabularBenchmark.load(args.space, args.table)
+    shot_counts = [int(s) for s in args.shot_counts.split(",")]
+    groups = [g for g in GROUPS[args.space] if g in _device_list(args.groups or ",".join(GROUPS[args.space]))]
+    from common import command, machine
+
+    G = bench.genomes
+    out = {"space": args.space, "shots": shot_counts, "seeds": args.seeds, "command": command(), "machine": machine(),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "groups": {}}
+    for group in groups:
+        test = [d for d in bench.devices if device_group(args.space, d) == group]
+        train = [d for d in bench.devices if device_group(args.space, d) != group]
+        per = {d: {n: {k: [] for k in ("ours", "expected", "flops", "layerwise", "nearest", "non_meta")}
+                   for n in shot_counts} for d in test}
+        for seed in range(args.seeds):
+            t = time.perf_counter()
+            meta = meta_trained(args, bench, train, seed)
+            seconds = time.perf_counter() - t
+            for d in test:
+                values, q = bench.values(d), help_split(bench, d)[1]
+                for n in shot_counts:
+                    shots = shot_rows(bench, bench.column_name(d), n, np.random.default_rng(seed))
+                    y = values[shots]
+                    cell = per[d][n]
+                    adapted = meta.adapt(y, G[shots])
+                    cell["ours"].append(spearmanr(adapted.predict(G[q]), values[q])[0])
+                    cell["expected"].append(adapted.expected_rho())
+                    for name, cls in BASELINES.items():
+                        cell[name].append(spearmanr(cls(bench.tspace).fit(G[shots], y).predict(G[q]), values[q])[0])
+                    near = bench.values(nearest_device(bench, train, shots, y))[q]
+                    cell["nearest"].append(spearmanr(near, values[q], nan_policy="omit")[0])
+            print(f"{args.space} hold out {group} seed {seed}: meta-training {seconds:.0f} s; "
+                  + "; ".join(f"{d} " + " ".join(f"{n}:{per[d][n]['ours'][-1]:.3f}" for n in shot_counts)
+                              for d in test), file=sys.stderr, flush=True)
+        out["groups"][group] = {"meta_train_devices": train, "per_device": {
+            d: {str(n): {k: float(np.mean(v)) for k, v in cells.items()} for n, cells in by_n.items()}
+            for d, by_n in per.items()}}
+    return out
+
+
+LOGO_INTRO = """Each device group of a table is held out in turn (phones; GPUs; CPUs; the desktop Eagle pair, a
+group of its own; OFA's table holds GPUs only, so its groups are the three GPU families); the
+predictor is meta-trained on the other groups' devices (HELP's pool, 10th-90th percentile), adapted to
+each held-out device from its shots (HELP's 10 reference architectures, then random pool
+architectures of that device), and scored by Spearman rho on the device's query set (HELP's). The
+baselines see the same shots: FLOPs (MACs, linear), layer-wise (ridge per-(layer, option) table),
+nearest device (the meta-training device whose latencies rank the shots most alike: its measured
+latencies, read from the table), non-meta GP on the same features. "expected (model)" is what the
+adapted model itself expects (`FewShotPredictor.expected_rho`, over random architectures of the
+space, not the trimmed query set)."""
+
+
+def logo_markdown(results: list) -> str:
+    """Per device at 10 shots beside the baselines; the rho-vs-shots curve of the held-out means."""
+    lines = []
+    names = ["flops", "layerwise", "nearest", "non_meta"]
+    for r in results:
+        ten = "10" if 10 in r["shots"] else str(r["shots"][0])
+        lines += [f"### {r['space']}: leave one group out, {ten} shots, {r['seeds']} seed(s)", "",
+                  "| held out | device | ours | expected (model) | FLOPs | layer-wise | nearest device | non-meta GP | ours ≥ best baseline |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        rows = []
+        for group, g in r["groups"].items():
+            for d, by_n in g["per_device"].items():
+                c = by_n[ten]
+                best = max(c[n] for n in names)
+                rows.append((c["ours"], best))
+                cells = " | ".join(f"{c[n]:.3f}" for n in names)
+                verdict = "yes" if c["ours"] >= best - 1e-9 else f"no ({c['ours'] - best:+.3f})"
+                lines.append(f"| {group} | {d} | **{c['ours']:.3f}** | {c['expected']:.3f} | {cells} | {verdict} |")
+        ours = np.array([a for a, _ in rows])
+        best = np.array([b for _, b in rows])
+        lines += ["", f"Mean over the {len(rows)} held-out devices: ours **{ours.mean():.3f}**, best baseline per device "
+                  f"{best.mean():.3f}; ours ≥ the best baseline on {int((ours >= best - 1e-9).sum())} of {len(rows)}.", ""]
+        lines += ["Mean ρ over the held-out devices by number of shots:", "",
+                  "| shots | ours | FLOPs | layer-wise | nearest device | non-meta GP |", "| --- | --- | --- | --- | --- | --- |"]
+        for n in r["shots"]:
+            cells = [np.mean([by_n[str(n)][k] for g in r["groups"].values() for by_n in g["per_device"].values()])
+                     for k in ["ours"] + names]
+            lines.append(f"| {n} | **{cells[0]:.3f}** | " + " | ".join(f"{c:.3f}" for c in cells[1:]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def print_table(result: dict) -> None:
     names = list(BASELINES)
     print(f"\nFew-shot latency prediction, {result['space']}, {result['shots']} shots, "
@@ -233,6 +368,14 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="meta-training epochs (default: per space)")
     parser.add_argument("--members", type=int, default=None, help="ensemble members per seed (default: per space)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    parser.add_argument("--meta-cache", help="folder to keep meta-trained predictors in and reuse them from "
+                        "(keyed by space, devices, settings and seed)")
+    lg = parser.add_argument_group("leave-one-group-out mode")
+    lg.add_argument("--logo", action="store_true", help="hold out each device group of --space in turn")
+    lg.add_argument("--groups", help="comma-separated subset of the groups (default: all)")
+    lg.add_argument("--shot-counts", default="10,20,50,100")
+    lg.add_argument("--merge", help="comma-separated JSON results of --logo runs: report them together in "
+                    "BENCHMARKS.md (benchmarks/results/fewshot_logo.md)")
     tp = parser.add_argument_group("throughput mode (no meta-training; the shipped predictors)")
     tp.add_argument("--throughput", action="store_true",
                     help="measure predictions/s of load_pretrained(space).adapt(10 shots).predict instead")
@@ -243,6 +386,34 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.logo:
+        if args.merge:
+            results = []
+            for f in _device_list(args.merge):
+                r = json.loads(Path(f).read_text())
+                table = {"ofa_mbv3": "ofa"}.get(r["space"], r["space"])
+                r.setdefault("command", f"python benchmarks/fewshot.py --logo --space {r['space']} --table "
+                             f"../shared/data/hwnas-bench/{table}.csv.gz --seeds {r['seeds']} --json {f}")
+                r.setdefault("date", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(Path(f).stat().st_mtime)))
+                results.append(r)
+        else:
+            if not args.space:
+                parser.error("--logo needs --space")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                results = [run_logo(args)]
+            if args.json:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(results[0], indent=2))
+        text = logo_markdown(results)
+        print(text)
+        if args.merge:
+            from common import write_section
+
+            runs = "\n".join(f"    {r['command']}   # {r['date']}" for r in results)
+            write_section("fewshot_logo", "Few-shot latency prediction: leave one device group out", (
+                LOGO_INTRO + f"\n\nThe runs (one JSON each; then this command merges them):\n\n{runs}\n\n" + text))
+        return 0
     if args.throughput:
         result = run_throughput(args)
         if args.json:

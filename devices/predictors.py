@@ -31,7 +31,7 @@ from scipy.stats import spearmanr, theilslopes
 from hwnas.errors import HwnasError
 
 from .energy import ESTIMATED, Counts, energy_mJ, power_W
-from .registry import METRIC_COLUMNS, DeviceProfile, Samples, get_device
+from .registry import METRIC_COLUMNS, DeviceProfile, Samples, fit_samples, get_device
 from .spaces import DeviceSpace, SupernetDeviceSpace, TabularDeviceSpace, device_space
 
 FITTED, DERIVED = "fitted", "derived"
@@ -131,6 +131,16 @@ class TabularCostModel(CostModel):
 
     def _refit(self, samples: Samples) -> "TabularCostModel":
         return TabularCostModel(self.profile, self.dspace, samples)
+
+    def advice(self, extra: int = 10) -> Dict[str, float]:
+        """The latency model's own expected Spearman rho over the space now and after ``extra`` more
+        samples chosen to reduce its uncertainty (``hwnas devices refs --device``)."""
+        model = self.adapted["latency_ms"]
+        return {"now": model.expected_rho(), "more": model.expected_rho(extra), "extra": extra}
+
+    def suggest(self, n: int) -> np.ndarray:
+        """``n`` architectures not among the samples that most reduce the latency model's uncertainty."""
+        return self.adapted["latency_ms"].suggest(n, measured=self.samples.genomes)
 
     def extrapolated(self, genomes) -> Dict[str, np.ndarray]:
         """Per fitted metric, where the raw prediction fell below the knee (softly floored there)."""
@@ -271,6 +281,7 @@ def cost_model(device: Union[str, DeviceProfile], space: str, home: Optional[os.
     profile = device if isinstance(device, DeviceProfile) else get_device(device, home)
     dspace = device_space(space)
     samples = profile.samples(dspace.name) if (profile.has_space(dspace.name) or dspace.kind == "tabular") else None
+    samples = fit_samples(samples) if samples is not None else None  # bounded cost for any number of rows
     if isinstance(dspace, TabularDeviceSpace):
         return TabularCostModel(profile, dspace, samples)
     table = SAME_KEYS_AS.get(dspace.supernet.registry_name)

@@ -37,6 +37,7 @@ from .spaces import DeviceSpace, device_space
 SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILE_FILE = "device.yaml"
 MIN_SAMPLES = 5
+RECOMMENDED_SAMPLES = 10  # the space's reference architectures
 REQUIRED_COLUMNS = ("arch", "latency_ms")
 OPTIONAL_COLUMNS = ("latency_median_ms", "latency_iqr_ms", "energy_mJ", "power_W")
 METRIC_COLUMNS = ("latency_ms", "energy_mJ", "power_W")
@@ -181,6 +182,25 @@ def read_samples(path: os.PathLike, space: str | DeviceSpace, min_rows: int = MI
                    {c: np.asarray(v, dtype=float) for c, v in values.items()}, path)
 
 
+#: Rows a cost model fits on at most. The few-shot fit's cost grows steeply with the rows (on 2 shared
+#: cores: 10 rows 0.4 s, 30 rows 0.7 s, 60 rows 1.5 s, 200 rows 240 s; 10,000 rows needed 126 GiB), and
+#: ``devices add`` refits once per row for its leave-one-out check; the meta-learned prior needs few.
+MAX_FIT_SAMPLES = 30
+
+
+def fit_samples(samples: Samples, max_rows: int = MAX_FIT_SAMPLES) -> Samples:
+    """``samples``, or a seeded spread subset of ``max_rows`` of them (the first rows, which
+    ``hwnas devices refs`` puts first as the reference architectures, always kept)."""
+    if len(samples) <= max_rows:
+        return samples
+    keep_first = min(10, max_rows)
+    rng = np.random.default_rng(0)
+    rest = np.sort(rng.choice(np.arange(keep_first, len(samples)), max_rows - keep_first, replace=False))
+    rows = np.concatenate([np.arange(keep_first), rest])
+    return Samples(samples.space, [samples.archs[i] for i in rows], samples.genomes[rows],
+                   {m: v[rows] for m, v in samples.values.items()}, samples.path)
+
+
 def write_samples(path: os.PathLike, samples: Samples) -> None:
     columns = ["arch"] + [c for c in ("latency_ms",) + OPTIONAL_COLUMNS if c in samples.values]
     with open(path, "w", newline="") as f:
@@ -248,11 +268,12 @@ def check_name(name: str) -> str:
 
 
 def save_device(spec: DeviceSpec, files: Dict[str, object], home: Optional[os.PathLike] = None,
-                base: Optional[DeviceProfile] = None) -> DeviceProfile:
+                base: Optional[DeviceProfile] = None, check=None) -> DeviceProfile:
     """Write profile ``spec`` with ``files`` (name -> Samples | str | bytes) atomically.
 
     ``base``: an existing profile whose other files are kept (a user profile made from a
-    shipped one keeps the shipped samples of the other spaces).
+    shipped one keeps the shipped samples of the other spaces). ``check``: called with the
+    staged profile before it replaces anything (raising keeps the registry as it was).
     """
     root = devices_home(home)
     root.mkdir(parents=True, exist_ok=True)
@@ -271,6 +292,8 @@ def save_device(spec: DeviceSpec, files: Dict[str, object], home: Optional[os.Pa
         data = spec.model_dump(exclude_none=True)
         (staging / PROFILE_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
         _load_profile_as(staging, spec.name)  # what was written must read back
+        if check is not None:
+            check(DeviceProfile(spec, staging, shipped=False))
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{spec.name}-", dir=root))
@@ -319,7 +342,22 @@ def add_device(name: str, space: str, samples_file: os.PathLike, *, hardware: Op
         e = err.errors()[0]
         raise HwnasError(f"device {name!r}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}") from None
     files: Dict[str, object] = {f"samples-{dspace.slug}.csv": samples}
-    return save_device(spec, files, home, base=existing)
+    return save_device(spec, files, home, base=existing, check=lambda staged: _check_fits(staged, dspace.name))
+
+
+def _check_fits(profile: DeviceProfile, space: str) -> None:
+    """The profile's cost model fits and predicts its own samples, before the profile is registered."""
+    from .predictors import cost_model
+
+    try:
+        model = cost_model(profile, space)
+        model.predict(model.samples.genomes[:1] if model.samples is not None else model.dspace.space.smallest()[None])
+    except MemoryError:
+        raise HwnasError(f"device {profile.name!r}: fitting the predictor on {space} ran out of memory; "
+                         f"nothing was added") from None
+    except HwnasError as err:
+        raise HwnasError(f"device {profile.name!r}: the predictor does not fit its samples ({err}); "
+                         f"nothing was added") from None
 
 
 def remove_device(name: str, home: Optional[os.PathLike] = None) -> Path:

@@ -127,31 +127,37 @@ def run(config: ConfigSource, out: Union[str, Path, None] = None,
         progress: Optional[Callable[[int], None]] = None) -> Run:
     """Validate ``config`` (a path, a dict or an ExperimentConfig) and run it into ``out``
     (default: the file's ``output``, else ``runs/<name>-<time>``)."""
-    from .pipeline import prepare_run_dir
+    from .rundir import holding, plan_run_dir, start_run_dir
 
-    if isinstance(config, (str, Path)):
-        cfg, path = load_config(config), Path(config)
-        return execute(cfg, prepare_run_dir(cfg, path, Path(out) if out else None), progress)
-    data = config.model_dump(mode="json", exclude_unset=True) if isinstance(config, ExperimentConfig) else config
     with tempfile.TemporaryDirectory(prefix="hwnas-config-") as tmp:
-        path = _write_yaml(Path(tmp) / "config.yaml", data)
+        if isinstance(config, (str, Path)):
+            path = Path(config)
+        else:
+            data = config.model_dump(mode="json", exclude_unset=True) if isinstance(config, ExperimentConfig) \
+                else config
+            path = _write_yaml(Path(tmp) / "config.yaml", data)
         cfg = load_config(path)
-        run_dir = prepare_run_dir(cfg, path, Path(out) if out else None)
-    return execute(cfg, run_dir, progress)
+        run_dir = plan_run_dir(cfg, path, Path(out) if out else None)
+        lock, created = start_run_dir(run_dir, path)  # locked for the whole run
+    with holding(lock, run_dir, created):
+        return execute(cfg, run_dir, progress)
 
 
 def resume(path: Union[str, Path], generations: Optional[int] = None,
            progress: Optional[Callable[[int], None]] = None) -> Run:
     """Continue a killed run (stored candidates are answered from the store); a finished run is
     returned as it is unless ``generations`` (more than it has) continues it."""
-    from .pipeline import load_run_config, run_status
+    from .pipeline import run_status
+    from .rundir import holding, resume_run_dir
 
     run_dir = Path(path)
-    cfg = load_run_config(run_dir)
-    status = run_status(run_dir, cfg)
-    if status is not None and status["finished"] and generations is None:
-        return Run(run_dir, cfg)
-    return execute(cfg, run_dir, progress, generations)
+    cfg, lock = resume_run_dir(run_dir)  # locked for the whole resume
+    with holding(lock, run_dir, False):
+        status = run_status(run_dir, cfg)
+        # finished means its report was written too (a run killed while writing it is finished now)
+        if status is not None and status["finished"] and generations is None and (run_dir / "report.md").is_file():
+            return Run(run_dir, cfg)
+        return execute(cfg, run_dir, progress, generations)
 
 
 def load_run(path: Union[str, Path]) -> Run:

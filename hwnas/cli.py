@@ -26,7 +26,8 @@ def _execute(cfg, run_dir: Path, quiet: bool, generations: Optional[int] = None)
     from .pipeline import run_status
 
     status = run_status(run_dir, cfg)
-    if status is not None and status["finished"] and generations is None:
+    # Finished means the report was written too: a run killed while writing it is resumed to write it.
+    if status is not None and status["finished"] and generations is None and (run_dir / "report.md").is_file():
         print(f"{run_dir}: the run is finished ({status['candidates']} candidates, {status['generations']} "
               f"generations); nothing changed. 'hwnas resume {run_dir} --generations N' continues it to N "
               f"generations in all")
@@ -53,29 +54,43 @@ def _execute(cfg, run_dir: Path, quiet: bool, generations: Optional[int] = None)
     return 0
 
 
-def cmd_run(args) -> int:
+def _checked(args):
+    """The gate ``validate`` and ``run`` share: the file in full, then the run folder (nothing is made)."""
     from .config import load_config
-    from .pipeline import prepare_run_dir
+    from .rundir import plan_run_dir
 
     cfg = load_config(args.config)
-    run_dir = prepare_run_dir(cfg, Path(args.config), Path(args.out) if args.out else None)
-    return _execute(cfg, run_dir, args.quiet)
+    run_dir = plan_run_dir(cfg, Path(args.config), Path(args.out) if args.out else None)
+    return cfg, run_dir
+
+
+def _run_in(cfg, run_dir: Path, lock, created: bool, quiet: bool, generations: Optional[int] = None) -> int:
+    from .rundir import holding
+
+    with holding(lock, run_dir, created):
+        return _execute(cfg, run_dir, quiet, generations=generations)
+
+
+def cmd_run(args) -> int:
+    from .rundir import start_run_dir
+
+    cfg, run_dir = _checked(args)
+    lock, created = start_run_dir(run_dir, Path(args.config))
+    return _run_in(cfg, run_dir, lock, created, args.quiet)
 
 
 def cmd_resume(args) -> int:
-    from .pipeline import load_run_config
+    from .rundir import resume_run_dir
 
     run_dir = Path(args.run_dir)
-    cfg = load_run_config(run_dir)
-    return _execute(cfg, run_dir, args.quiet, generations=args.generations)
+    cfg, lock = resume_run_dir(run_dir)
+    return _run_in(cfg, run_dir, lock, False, args.quiet, generations=args.generations)
 
 
 def cmd_validate(args) -> int:
-    from .config import load_config
-
-    cfg = load_config(args.config)
+    cfg, run_dir = _checked(args)
     print(f"{args.config}: valid ({cfg.name}: {len(cfg.objectives)} objectives, {len(cfg.budgets)} budgets, "
-          f"{cfg.strategy.name}, {cfg.strategy.budget} evaluations)")
+          f"{cfg.strategy.name}, {cfg.strategy.budget} evaluations; run folder {run_dir})")
     return 0
 
 
@@ -99,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("validate", help="check an experiment YAML without running it")
+    p = sub.add_parser("validate", help="check an experiment YAML (the checks of 'run') without running it")
     p.add_argument("config")
+    p.add_argument("--out", help="the run folder 'run --out' would be given, checked too")
     p.set_defaults(func=cmd_validate)
 
     from .cli_supernets import register as register_supernets

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
 from .errors import HwnasError
+from .registry import NamesHelp
+from .rundir import check_output_path
 
 KINDS = ["cpu", "gpu", "phone", "board", "accelerator", "fpga", "other"]
+LOW_RHO = 0.8  # leave-one-out Spearman rho below which `devices add` advises more samples
+MORE_PAYS = 0.01  # expected rho gained by 10 more samples above which they are worth measuring
 
 
 def _spaces_text(profile) -> str:
@@ -62,24 +67,81 @@ def cmd_remove(args) -> int:
     return 0
 
 
-def cmd_refs(args) -> int:
+def _refs_rows(args):
+    """(arch, {metric: value}) rows of the template: see the ``refs`` help."""
     from hwnas.devices.spaces import device_space
 
-    dspace = device_space(args.space)
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["arch", "latency_ms"])
-        for arch in dspace.reference_archs():
-            writer.writerow([arch, ""])
-    finally:
-        if args.out:
-            out.close()
     if args.out:
-        print(f"wrote the 10 reference architectures of {dspace.name} to {args.out}; fill in latency_ms "
-              f"(and optionally energy_mJ, power_W) and run 'hwnas devices add NAME --space {dspace.name} "
-              f"--samples {args.out}'", file=sys.stderr)
+        check_output_path(Path(args.out), "--out", folder=False)
+    dspace = device_space(args.space)
+    n = args.n if args.n is not None else 10
+    if n < 1:
+        raise HwnasError(f"--n {n}: allowed: a whole number >= 1")
+    if args.device is None:
+        refs = dspace.reference_archs()
+        if n <= len(refs) or dspace.kind != "tabular":
+            archs = refs[:n] if n <= len(refs) else _calibration(dspace, n)
+        else:
+            from hwnas.devices.predictors import _pretrained
+
+            archs = refs + [dspace.format_arch(g) for g in _pretrained(dspace.name).suggest(n - len(refs))]
+        return [(a, {}) for a in archs], "", dspace
+    from hwnas.devices.predictors import cost_model
+
+    model = cost_model(args.device, dspace.name, args.home)
+    samples = model.samples
+    if samples is None:
+        raise HwnasError(f"device {args.device!r} has no samples for {dspace.name}")
+    have = [(a, {m: samples.values[m][i] for m in samples.metrics}) for i, a in enumerate(samples.archs)]
+    if dspace.kind == "tabular":
+        new = [dspace.format_arch(g) for g in model.suggest(n)]
+    else:
+        taken = set(samples.archs)
+        new = [a for a in _calibration(dspace, len(taken) + n + 10) if a not in taken][:n]
+    return have + [(a, {}) for a in new], f" after the {len(samples)} samples of {args.device!r}", dspace
+
+
+def _calibration(dspace, n):
+    from hwnas.devices.measure import calibration_archs
+
+    return calibration_archs(dspace, n)
+
+
+def cmd_refs(args) -> int:
+    rows, after, dspace = _refs_rows(args)
+    metrics = ["latency_ms"] + sorted({m for _, v in rows for m in v} - {"latency_ms"})
+    table = [["arch"] + metrics] + [[arch] + [f"{values[m]:.6g}" if m in values else "" for m in metrics]
+                                     for arch, values in rows]
+    if args.out:
+        _write_csv_atomically(Path(args.out), table)
+    else:
+        csv.writer(sys.stdout, lineterminator="\n").writerows(table)
+    if args.out:
+        blank = sum(1 for _, v in rows if not v)
+        how = ("the space's reference architectures first, then ones chosen to reduce the few-shot predictor's "
+               "uncertainty" if args.device is None and len(rows) > 10 and dspace.kind == "tabular" else
+               "chosen to reduce the few-shot predictor's uncertainty" if dspace.kind == "tabular" and args.device
+               else "the space's reference architectures" if len(rows) <= 10 else
+               "the reference architectures, then seeded random ones")
+        force = " --force" if args.device else ""
+        name = args.device or "NAME"
+        print(f"wrote {blank} architectures of {dspace.name} to measure{after} to {args.out} ({how}); fill in "
+              f"latency_ms (and optionally energy_mJ, power_W) and run 'hwnas devices add {name} --space "
+              f"{dspace.name} --samples {args.out}{force}'", file=sys.stderr)
     return 0
+
+
+def _write_csv_atomically(path: Path, rows) -> None:
+    """Write then rename: an interrupted or failed write leaves no half file under ``path``."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+        os.replace(partial, path)
+    except OSError as err:
+        raise HwnasError(f"--out: cannot write {path}: {err.strerror or err}") from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _fit_summary(profile, space: str) -> str:
@@ -96,7 +158,32 @@ def _fit_summary(profile, space: str) -> str:
         samples is not None and len(samples) == len(refs)
         and {model.dspace.format_arch(g) for g in samples.genomes} == refs) else ""
     fit = ", ".join(f"{m} {r:.3f}" for m, r in rhos.items())
-    return f"predictor: {model.method}; leave-one-out Spearman rho on the {len(samples)} samples: {fit}{on_refs}"
+    lines = [f"predictor: {model.method}; leave-one-out Spearman rho on the {len(samples)} samples: {fit}{on_refs}"]
+    name, rho = profile.name, rhos.get("latency_ms", float("nan"))
+    more = f"'hwnas devices refs --space {space} --device {name} --n 10 --out more.csv'"
+    if hasattr(model, "advice"):
+        a = model.advice()
+        pays = a["more"] - a["now"] >= MORE_PAYS
+        lines.append(f"expected Spearman rho of latency over the space (the model's own estimate): {a['now']:.3f}; "
+                     f"with {a['extra']} more samples from {more}: {a['more']:.3f} "
+                     + ("(more samples would pay)" if pays else "(more samples would hardly change it)"))
+    if "energy_mJ" in rhos and hasattr(model, "estimated_energy"):
+        from scipy.stats import spearmanr
+
+        est = spearmanr(model.estimated_energy(samples.genomes), samples.values["energy_mJ"])[0]
+        lines.append(f"energy_mJ: the adapted model's leave-one-out rho {rhos['energy_mJ']:.3f} against {est:.3f} for "
+                     f"the analytical estimate (per-MAC and per-byte energy, no fit) on the same samples")
+    from hwnas.devices.registry import RECOMMENDED_SAMPLES
+
+    if len(samples) < RECOMMENDED_SAMPLES:
+        lines.append(f"warning: {len(samples)} samples, {RECOMMENDED_SAMPLES} recommended: measure "
+                     f"{RECOMMENDED_SAMPLES - len(samples)} more ({more.replace('--n 10', f'--n {RECOMMENDED_SAMPLES - len(samples)}')} "
+                     f"lists them after yours), then 'hwnas devices add {name} --space {space} --samples more.csv --force'")
+    elif rho == rho and rho < LOW_RHO:
+        lines.append(f"warning: leave-one-out rho {rho:.2f} is low (< {LOW_RHO}): the samples may be noisy or the "
+                     f"device unlike any the predictor knows; measure 10 more ({more} lists them after yours), "
+                     f"then 'hwnas devices add {name} --space {space} --samples more.csv --force'")
+    return "\n".join(lines)
 
 
 def cmd_add(args) -> int:
@@ -104,9 +191,13 @@ def cmd_add(args) -> int:
 
     profile = add_device(args.name, args.space, args.samples, hardware=args.hardware, kind=args.kind,
                          force=args.force, home=args.home)
+    from hwnas.devices.registry import MAX_FIT_SAMPLES
+
     samples = profile.samples(args.space)
     print(f"added {len(samples)} samples of {args.name!r} on {samples.space} ({', '.join(samples.metrics)}) "
-          f"to {profile.path}")
+          f"to {profile.path}" + (f"; its predictor fits on a seeded spread subset of {MAX_FIT_SAMPLES} of them "
+                                  f"(the few-shot fit's cost grows steeply with the rows)"
+                                  if len(samples) > MAX_FIT_SAMPLES else ""))
     print(_fit_summary(profile, args.space))
     return 0
 
@@ -114,6 +205,7 @@ def cmd_add(args) -> int:
 def cmd_predict(args) -> int:
     from hwnas.devices.predictors import cost_model
 
+    check_output_path(Path(args.out), "--out", folder=False)
     model = cost_model(args.name, args.space, args.home)
     path = Path(args.archs)
     try:
@@ -133,11 +225,8 @@ def cmd_predict(args) -> int:
 
     values = model.predict(np.stack(genomes))
     estimated = [m for m in values if model.labels[m] == "estimated"]
-    with open(args.out, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["arch"] + list(values) + ["estimated"])
-        for i, row in enumerate(rows):
-            writer.writerow([row["arch"]] + [f"{values[m][i]:.6g}" for m in values] + [";".join(estimated)])
+    _write_csv_atomically(Path(args.out), [["arch"] + list(values) + ["estimated"]] + [
+        [row["arch"]] + [f"{values[m][i]:.6g}" for m in values] + [";".join(estimated)] for i, row in enumerate(rows)])
     note = f" ({', '.join(estimated)} estimated analytically, not measured)" if estimated else ""
     print(f"predicted {', '.join(values)} of {len(rows)} architectures on {args.name!r} with {model.method}; "
           f"wrote {args.out}{note}")
@@ -172,6 +261,21 @@ def cmd_measure(args) -> int:
     return 0
 
 
+def _spaces():
+    from hwnas.devices.spaces import known_spaces
+
+    return known_spaces()
+
+
+def _backends():
+    from hwnas.devices.backends import BACKENDS
+
+    return BACKENDS.names()
+
+
+SPACE_HELP = NamesHelp("one of: {names} (a supernet space also as NAME:CHECKPOINT)", _spaces)
+
+
 def register(subparsers) -> None:
     """Add the ``devices`` command group to the ``hwnas`` parser."""
     common = argparse.ArgumentParser(add_help=False)
@@ -190,14 +294,19 @@ def register(subparsers) -> None:
     q.add_argument("name")
     q.set_defaults(func=cmd_remove)
 
-    q = sub.add_parser("refs", help="the space's 10 reference architectures as a CSV template to measure")
-    q.add_argument("--space", required=True)
+    q = sub.add_parser("refs", parents=[common],
+                       help="architectures to measure, as a CSV template (default: the space's 10 references)")
+    q.add_argument("--space", required=True, help=SPACE_HELP)
+    q.add_argument("--n", type=int, help="how many to measure: without --device the first 10 are the references and "
+                   "the rest are chosen to reduce the few-shot predictor's uncertainty; with --device, N new ones")
+    q.add_argument("--device", help="a device with samples on the space: its samples come first (filled in), then "
+                   "N new architectures chosen given them (default N: 10)")
     q.add_argument("--out", help="write to this file instead of standard output")
     q.set_defaults(func=cmd_refs)
 
     q = sub.add_parser("add", parents=[common], help="add a device (or a space of it) from measured samples")
     q.add_argument("name")
-    q.add_argument("--space", required=True)
+    q.add_argument("--space", required=True, help=SPACE_HELP)
     q.add_argument("--samples", required=True, help="CSV: arch, latency_ms [, energy_mJ, power_W]")
     q.add_argument("--hardware", help="free text, e.g. 'Raspberry Pi 4, Cortex-A72'")
     q.add_argument("--kind", choices=KINDS)
@@ -206,15 +315,15 @@ def register(subparsers) -> None:
 
     q = sub.add_parser("predict", parents=[common], help="predict a device's costs for architectures")
     q.add_argument("name")
-    q.add_argument("--space", required=True)
+    q.add_argument("--space", required=True, help=SPACE_HELP)
     q.add_argument("--archs", required=True, help="CSV with an 'arch' column")
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_predict)
 
     q = sub.add_parser("measure", parents=[common], help="measure a supernet space's lookup table here")
     q.add_argument("name")
-    q.add_argument("--space", required=True)
-    q.add_argument("--backend", default="torch-cpu", help="torch-cpu, onnxruntime-cpu or torch-cuda")
+    q.add_argument("--space", required=True, help=SPACE_HELP)
+    q.add_argument("--backend", default="torch-cpu", help=NamesHelp("one of: {names} (default torch-cpu)", _backends))
     q.add_argument("--batch-size", type=int)
     q.add_argument("--threads", type=int)
     q.add_argument("--clock", choices=["wall", "cpu"],

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .config import read_yaml, validate_model
 from .errors import ConfigError, HwnasError
+from .registry import NamesHelp
+from .rundir import check_output_path
 
 
 class TrainConfig(BaseModel):
@@ -123,6 +125,12 @@ def cmd_eval(args) -> int:
     from hwnas.supernets import checkpoint_path, load_checkpoint, subnet_accuracy
     from hwnas.supernets.datasets import load_dataset
 
+    if args.threads < 1:
+        raise HwnasError(f"--threads: {args.threads} is not allowed; allowed: an integer >= 1")
+    if args.calib_images < 0:
+        raise HwnasError(f"--calib-images: {args.calib_images} is not allowed; allowed: an integer >= 0")
+    if args.json:
+        check_output_path(Path(args.json), "--json", folder=False)
     torch.set_num_threads(args.threads)
     net = load_checkpoint(checkpoint_path(args.checkpoint))
     data = load_dataset(args.data)
@@ -140,7 +148,15 @@ def cmd_eval(args) -> int:
         print(f"random ({len(randoms)}): min {summary['random']['min'] * 100:.2f} %, median "
               f"{summary['random']['median'] * 100:.2f} %, max {summary['random']['max'] * 100:.2f} %")
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        out = Path(args.json)
+        partial = out.with_name(f".{out.name}.partial")
+        try:  # write then rename: no half-written file under the name
+            partial.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            os.replace(partial, out)
+        except OSError as err:
+            raise HwnasError(f"--json: cannot write {out}: {err.strerror or err}") from None
+        finally:
+            partial.unlink(missing_ok=True)
     return 0
 
 
@@ -162,6 +178,12 @@ def cmd_import(args) -> int:
     return 0
 
 
+def _data_kinds():
+    from hwnas.supernets.datasets import KINDS
+
+    return list(KINDS)
+
+
 def register(sub) -> None:
     p = sub.add_parser("supernets", help="registered supernets")
     s = p.add_subparsers(dest="subcommand", required=True)
@@ -176,8 +198,7 @@ def register(sub) -> None:
     t.set_defaults(func=cmd_train)
     e = s.add_parser("eval", help="accuracy of sub-networks after BN recalibration")
     e.add_argument("checkpoint", help="a checkpoint file, or a shipped one by name: default, fmnist_mbv3")
-    e.add_argument("--data", default="fmnist-mini",
-                   help="fmnist-mini | fashion-mnist:PATH | mnist:PATH | cifar10:PATH | cifar100:PATH | image-folder:PATH")
+    e.add_argument("--data", default="fmnist-mini", help=NamesHelp("KIND or KIND:PATH; kinds: {names}", _data_kinds))
     e.add_argument("--configs", default="largest,smallest,random:20")
     e.add_argument("--split", default="test", choices=["val", "test"])
     e.add_argument("--calib-images", type=int, default=1000)

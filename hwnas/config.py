@@ -22,7 +22,12 @@ DIMENSIONS = ("architecture", "pruning", "quantization")
 STRATEGIES = ("nsga2", "random", "optuna", "linas")
 BACKENDS = ("torch-cpu",)
 TABULAR_SPACES = ("nb201", "fbnet", "ofa_mbv3")
-TABLE_DATA = ("cifar10", "cifar100", "imagenet16")  # accuracy columns of the NB201 table
+#: data -> the accuracy column of a benchmark table (NB201 has all three; FBNet and OFA tables none).
+TABLE_ACCURACY = {"cifar10": "cifar10_acc", "cifar100": "cifar100_acc", "imagenet16": "imagenet16_acc"}
+TABLE_DATA = tuple(TABLE_ACCURACY)
+
+
+MAX_NAME = 100  # an experiment's name becomes part of a folder name
 
 
 class _Model(BaseModel):
@@ -61,7 +66,8 @@ MEASURING_BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda")
 
 
 class DeviceConfig(_Model):
-    name: str = Field(min_length=1)
+    # The registry's device-name rule: a name is a profile folder, never a path.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     # How measured costs are taken: a backend on this machine, or "table" (a benchmark table's values).
     # Predicted costs come from the device's profile (hwnas devices add/measure).
     backend: Literal["torch-cpu", "onnxruntime-cpu", "torch-cuda", "table"] = "torch-cpu"
@@ -183,7 +189,7 @@ class DataConfig(_Model):
 
 
 class ExperimentConfig(_Model):
-    name: str = Field(default="experiment", min_length=1)
+    name: str = Field(default="experiment", min_length=1, max_length=MAX_NAME)
     space: SpaceConfig
     data: Union[str, DataConfig] = "fmnist-mini"  # a table: its accuracy column (cifar10, cifar100, imagenet16)
     devices: List[DeviceConfig] = [DeviceConfig(name="local-cpu")]
@@ -212,6 +218,13 @@ class ExperimentConfig(_Model):
             return value
         return [_parse_budget(v, i) if isinstance(v, str) else v for i, v in enumerate(value)]
 
+    @field_validator("devices")
+    @classmethod
+    def _some_device(cls, value):
+        if not value:
+            raise ValueError("give at least one device (leave 'devices' out for this machine's CPU, local-cpu)")
+        return value
+
     @model_validator(mode="after")
     def _cross_checks(self):
         names = [d.name for d in self.devices]
@@ -219,6 +232,11 @@ class ExperimentConfig(_Model):
             raise ValueError("devices: a device name is listed twice")
         if not self.objectives:
             raise ValueError("objectives: give at least one objective")
+        seen: Dict[str, str] = {}
+        for key in self.objectives:  # `latency_ms` is `latency_ms@<first device>`: one metric, two names
+            same = seen.setdefault(self.canonical(key), key)
+            if same != key:
+                raise ValueError(f"objectives.{key}: names the same metric as objectives.{same}; keep one of them")
         for key, obj in self.objectives.items():
             metric, device = split_metric(key)
             where = f"objectives.{key}"
@@ -249,6 +267,11 @@ class ExperimentConfig(_Model):
             if metric == "accuracy" and not 0 < b.value <= 1:
                 raise ValueError(f"budgets[{i}]: accuracy is a fraction in (0, 1], got {b.value:g}")
         return self
+
+    def canonical(self, key: str) -> str:
+        """``metric@device`` with the device made explicit (cost metrics), else the metric."""
+        metric, device = split_metric(key)
+        return f"{metric}@{device or self.devices[0].name}" if metric in COST_METRICS else metric
 
     def metric_device(self, key: str) -> Optional[DeviceConfig]:
         """The device an objective/budget key refers to (its `@device`, else the first)."""
@@ -307,13 +330,63 @@ def validate_model(model, data: Any, path: Union[str, Path], keys: str):
         raise ConfigError(path, key, msg) from None
 
 
+#: Bounds of an experiment file: far above any real one, far below what exhausts a parser.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+MAX_YAML_ALIASES = 100
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML lets the last one win silently) and bounds
+    nesting and aliases (a deeply nested file would end in a RecursionError)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_ALIASES} aliases",
+                                                  self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        self.flatten_mapping(node)
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class gives the error
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (each key once)",
+                                                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+
 def read_yaml(path: Union[str, Path]) -> Any:
-    """Parse a YAML file; a missing file or broken YAML is a one-line ConfigError."""
+    """Parse a YAML file strictly; a missing, oversized or broken file is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(path, "", "no such file")
+        raise ConfigError(path, "", "no such file" if not path.exists() else "not a regular file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(path, "", f"{size} bytes; an experiment file may hold at most {MAX_YAML_BYTES}")
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -321,6 +394,8 @@ def read_yaml(path: Union[str, Path]) -> Any:
         raise ConfigError(path, "", f"{where}{problem} (not valid YAML)") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "not a UTF-8 text file") from None
+    except (OSError, RecursionError) as exc:
+        raise ConfigError(path, "", f"cannot read: {type(exc).__name__}: {exc}") from None
 
 
 def parse_config(data: Any, path: Union[str, Path] = "<config>") -> ExperimentConfig:
@@ -328,11 +403,16 @@ def parse_config(data: Any, path: Union[str, Path] = "<config>") -> ExperimentCo
 
 
 def load_config(path: Union[str, Path]) -> ExperimentConfig:
-    """Read and validate an experiment YAML; raise ConfigError (one line) on any problem."""
+    """Read and validate an experiment YAML; raise ConfigError (one line) on any problem.
+
+    The gate of ``hwnas validate``, ``run`` and ``resume``: every check that does not need
+    the search itself (files read in full, names resolved, cost models built), so a file
+    that passes fails later only for what cannot be known before (a cluster, a disk).
+    """
     cfg = parse_config(read_yaml(path), path)
     check_references(cfg, path)
     cfg = with_profile_settings(cfg, path)
-    check_devices(cfg, path)
+    check_runnable(cfg, path)
     return cfg
 
 
@@ -341,6 +421,69 @@ def device_space_name(cfg: ExperimentConfig) -> str:
     if cfg.space.supernet is None:
         return cfg.space.tabular_space
     return cfg.space.supernet + ("" if cfg.space.checkpoint == "default" else f":{cfg.space.checkpoint}")
+
+
+def metric_sources(cfg: ExperimentConfig) -> Dict[str, tuple]:
+    """Every metric the run evaluates: the key as written -> (metric, device or None, source)."""
+    out = {}
+    for key, obj in cfg.objectives.items():
+        out[key] = obj.source
+    for b in cfg.budgets:
+        metric = split_metric(b.metric)[0]
+        out.setdefault(b.metric, "predicted" if metric in ("energy_mJ", "power_W") else "measured")
+    return {key: (split_metric(key)[0], (cfg.metric_device(key).name if cfg.metric_device(key) else None), source)
+            for key, source in out.items()}
+
+
+def _where(cfg: ExperimentConfig, key: str) -> str:
+    return f"objectives.{key}" if key in cfg.objectives else \
+        f"budgets[{next(i for i, b in enumerate(cfg.budgets) if b.metric == key)}]"
+
+
+def check_runnable(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
+    """What the run will ask of the table, the devices and the cost models, asked now."""
+    from hwnas.devices.registry import find_device
+
+    if cfg.space.table is not None:
+        _check_table(cfg, path)
+    check_devices(cfg, path)
+    for key, (metric, device, source) in metric_sources(cfg).items():
+        profile = find_device(device) if device is not None and source == "predicted" else None
+        if profile is not None:
+            _check_cost_model(cfg, path, _where(cfg, key), profile, metric)
+
+
+def _check_cost_model(cfg, path, where: str, profile, metric: str) -> None:
+    """The device's cost model is built (and fitted) now, as the run will build it."""
+    from hwnas.devices import cost_model
+
+    try:
+        model = cost_model(profile, device_space_name(cfg))
+    except HwnasError as err:
+        raise ConfigError(path, where, f"device {profile.name!r} cannot predict {metric}: {err}") from None
+    if metric not in model.metrics:
+        raise ConfigError(path, where, f"device {profile.name!r} has no {metric} model for this space (it has: "
+                                       f"{', '.join(model.metrics) or 'none'}); measure {metric} on it or drop it")
+
+
+def _check_table(cfg: ExperimentConfig, path: Union[str, Path]):
+    """The whole table read now (gzip integrity, columns, types, rows); the accuracy column the data needs."""
+    from hwnas.tabular import TabularBenchmark
+
+    try:
+        bench = TabularBenchmark.load(cfg.space.tabular_space, cfg.space.table)
+    except HwnasError as err:
+        raise ConfigError(path, "space.table", str(err)) from None
+    name = Path(cfg.space.table).name
+    wants_accuracy = any(split_metric(k)[0] == "accuracy" for k in metric_sources(cfg))
+    column = TABLE_ACCURACY.get(cfg.data)
+    if wants_accuracy and column not in bench.columns:
+        have = [c for c in bench.columns if c.endswith("_acc")]
+        raise ConfigError(path, "data", f"{name} has no accuracy column for {cfg.data!r} ({column}); it has "
+                                        + (f"accuracy for {', '.join(c[:-4] for c in have)}" if have else
+                                           "no accuracy columns at all (remove the accuracy objective and "
+                                           "budgets, or give a table with accuracies)"))
+    return bench
 
 
 def device_locations(cfg: ExperimentConfig) -> Dict[str, Any]:
@@ -464,6 +607,7 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
             key = "data" if isinstance(cfg.data, str) else "data.path"
             raise ConfigError(path, key, f"no such folder {spec.path!r}; {spec.kind} reads a local folder")
         _check_checkpoint(cfg, path, spec)
+        _check_data(cfg, path, spec)
     elif not Path(cfg.space.table).is_file():
         raise ConfigError(path, "space.table", f"no such file {cfg.space.table!r}")
     warm = cfg.strategy.warm_start
@@ -475,6 +619,24 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
 def data_spec(cfg: ExperimentConfig):
     """The experiment's data as :func:`hwnas.supernets.datasets.load_dataset` takes it (a string or a dict)."""
     return cfg.data if isinstance(cfg.data, str) else cfg.data.model_dump(exclude_none=True)
+
+
+def _check_data(cfg: ExperimentConfig, path: Union[str, Path], spec) -> None:
+    """The data read now (IDX files in full, CIFAR batches, an image folder's listing): an empty folder
+    or a truncated file is found by validate, not by the first measurement of a run."""
+    from hwnas.supernets.datasets import VAL_SIZE, load_dataset, read_idx_folder
+
+    key = "data" if isinstance(cfg.data, str) else "data.path"
+    try:
+        if spec.kind in ("fashion-mnist", "mnist"):  # read without making tensors: cheap enough to do twice
+            train = read_idx_folder(Path(spec.path).expanduser())["train"][0]
+            if len(train) <= VAL_SIZE:
+                raise HwnasError(f"{spec.path}: only {len(train)} training images; need more than {VAL_SIZE} "
+                                 f"for a val split")
+        elif spec.kind != "fmnist-mini":
+            load_dataset(data_spec(cfg))
+    except HwnasError as err:
+        raise ConfigError(path, key, str(err)) from None
 
 
 def _data_spec(cfg: ExperimentConfig, path: Union[str, Path]):
@@ -490,12 +652,13 @@ def _check_checkpoint(cfg: ExperimentConfig, path: Union[str, Path], spec) -> No
     """The checkpoint holds the named supernet, and that supernet takes as many channels as the data gives."""
     from hwnas.supernets.datasets import NATURAL_CHANNELS
 
-    from hwnas.supernets import SHIPPED_CHECKPOINTS, checkpoint_path, load_checkpoint_header
+    from hwnas.supernets import SHIPPED_CHECKPOINTS, checkpoint_path, load_checkpoint
 
-    try:
-        name, kwargs = load_checkpoint_header(checkpoint_path(cfg.space.checkpoint))
+    try:  # built and loaded in full: constructor arguments and weight shapes are checked too
+        net = load_checkpoint(checkpoint_path(cfg.space.checkpoint))
     except HwnasError as err:
         raise ConfigError(path, "space.checkpoint", str(err)) from None
+    name, kwargs = net.registry_name, dict(net.init_kwargs)
     if name != cfg.space.supernet:
         mend = (f"give a checkpoint file of {cfg.space.supernet} (from 'hwnas supernet train' or 'hwnas supernet "
                 f"import')" if cfg.space.checkpoint in SHIPPED_CHECKPOINTS else f"name {name!r} in space.supernet")

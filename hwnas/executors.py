@@ -9,6 +9,8 @@ next item as soon as it is free, and a task's error comes back as our one-line H
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 from .errors import HwnasError
@@ -51,6 +53,32 @@ class _TaskActor:
         return ray.get_runtime_context().get_node_id()
 
 
+#: How long joining a Ray cluster may take before the run gives up (ray.init itself retries for minutes).
+RAY_CONNECT_TIMEOUT_S = 30
+_PROBE = ("import sys, ray\n"
+          "ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False)\n"
+          "ray.shutdown()\n")
+
+
+def probe_ray(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Join the cluster at ``address`` once in a child process, bounded by ``timeout``.
+
+    ``ray.init`` on an unreachable address retries for minutes, printing a warning a second;
+    the child keeps that off the terminal and is killed at the bound.
+    """
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise HwnasError(f"executor.address: no Ray cluster answered at {address!r} within {timeout:g} s; start "
+                         f"it ('ray start --head') or fix the address, or set executor.kind: local") from None
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith((" ", "["))]
+        reason = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "it failed")
+        raise HwnasError(f"executor.address: cannot join Ray at {address!r}: {reason[:300]}; start the cluster "
+                         f"('ray start --head') or fix the address, or set executor.kind: local")
+
+
 @EXECUTORS.register("ray")
 class RayExecutor:
     """``resources``: custom resources each actor needs, e.g. ``{"device:jetson": 1}`` pins the
@@ -63,6 +91,8 @@ class RayExecutor:
         self._ray = ray
         self._started_here = False
         if not ray.is_initialized():
+            if address:
+                probe_ray(address)
             try:
                 if address:
                     ray.init(address=address, include_dashboard=False, log_to_driver=False)

@@ -8,23 +8,20 @@ search; every candidate already stored is answered from the store, never re-eval
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import ExperimentConfig, data_spec, device_locations, device_space_name, load_config
+from .config import TABLE_ACCURACY, ExperimentConfig, data_spec, device_locations, device_space_name
 from .errors import HwnasError
 from .evaluation import Metric, SupernetMeasureTask, budget_slack, experiment_metrics, objective_matrix
 from .executors import create_executor
+from .rundir import CONFIG_NAME, STORE_NAME, default_run_dir, plan_run_dir, resume_run_dir, start_run_dir  # noqa: F401
 from .store import Candidate, ResultsStore
 
-CONFIG_NAME = "config.yaml"
-STORE_NAME = "results.sqlite"
 # Re-measuring a front whose predictions were optimistic can pull in new members; cap the rounds.
 MAX_FRONT_ROUNDS = 20
 WARM_GENERATION = -2  # candidates copied from strategy.warm_start's run
@@ -527,7 +524,7 @@ class TableSpace:
     that sample a space (FBNet, OFA) answer a genome with its nearest stored architecture.
     """
 
-    ACCURACY_COLUMNS = {"cifar10": "cifar10_acc", "cifar100": "cifar100_acc", "imagenet16": "imagenet16_acc"}
+    ACCURACY_COLUMNS = TABLE_ACCURACY
 
     def __init__(self, cfg: ExperimentConfig, metrics: Sequence[Metric]):
         from .tabular import TabularBenchmark
@@ -606,19 +603,11 @@ def create_space_backend(cfg: ExperimentConfig, metrics: Sequence[Metric]):
     return TableSpace(cfg, metrics)
 
 
-# --- run folders --------------------------------------------------------------------------------
-def default_run_dir(cfg: ExperimentConfig) -> Path:
-    return Path("runs") / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
+# --- run folders: hwnas.rundir (checks, lock, reuse, resume) -------------------------------------
 def prepare_run_dir(cfg: ExperimentConfig, config_path: Path, out: Optional[Path]) -> Path:
-    run_dir = Path(out or cfg.output or default_run_dir(cfg))
-    if (run_dir / STORE_NAME).exists():
-        raise HwnasError(f"{run_dir}: already holds a run; use 'hwnas resume {run_dir}' or choose another --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise HwnasError(f"{run_dir}: folder exists and is not empty; choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config_path, run_dir / CONFIG_NAME)
+    """Check, make and fill a new run folder (``hwnas run`` holds its lock through the run instead)."""
+    run_dir = plan_run_dir(cfg, Path(config_path), out)
+    start_run_dir(run_dir, Path(config_path))[0].release()
     return run_dir
 
 
@@ -636,7 +625,6 @@ def run_status(run_dir: Path, cfg: ExperimentConfig) -> Optional[Dict]:
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:
-    run_dir = Path(run_dir)
-    if not (run_dir / STORE_NAME).is_file() or not (run_dir / CONFIG_NAME).is_file():
-        raise HwnasError(f"{run_dir}: not a run folder (needs {CONFIG_NAME} and {STORE_NAME})")
-    return load_config(run_dir / CONFIG_NAME)
+    cfg, lock = resume_run_dir(run_dir)
+    lock.release()
+    return cfg

@@ -40,3 +40,29 @@ class Registry:
 
     def create(self, name: str, **kwargs) -> Any:
         return self.get(name)(**kwargs)
+
+
+class NamesHelp:
+    """A ``--help`` text that names what a registry holds, looked up only when help is printed.
+
+    The registries live in modules that import torch; building every parser with their names
+    would make each ``hwnas`` command pay for it. ``text`` holds ``{names}``; ``names()`` lists them.
+    """
+
+    def __init__(self, text: str, names: Callable[[], List[str]]):
+        self.text, self.names = text, names
+
+    def __str__(self) -> str:
+        return self.text.format(names=", ".join(self.names()))
+
+    def __mod__(self, params):  # argparse expands help with `help % params`
+        return str(self) % params
+
+    def __contains__(self, part) -> bool:
+        return part in self.text
+
+    def strip(self) -> str:
+        return str(self).strip()
+
+    def __bool__(self) -> bool:
+        return True

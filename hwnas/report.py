@@ -11,6 +11,7 @@ import numpy as np
 
 from .config import data_spec
 from .evaluation import Metric, budget_slack, canonical_key, objective_matrix
+from .faults import point
 from .store import Candidate
 
 
@@ -247,13 +248,16 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     estimated = exp.estimated_keys()
     rows = candidate_rows(exp)
     write_csv(run_dir / "candidates.csv", rows)
+    point("report-candidates")
     front_rows = candidate_rows(exp, front)
     write_csv(run_dir / "front.csv", front_rows, fields=list(rows[0]) if rows else ())
+    point("report-front")
     history = hypervolume_history(exp)
     hv_vs_true = hypervolume_vs_exhaustive(exp, front)
     plot_pareto(run_dir / "pareto.png", exp, front)
     plot_hv(run_dir / "hv.png", history)
     write_hv_json(run_dir / "hv.json", exp, history, hv_vs_true)
+    point("report-plots")
 
     keys = [m.key for m in exp.metrics]
     unmeasured = exp.unmeasured()
@@ -316,7 +320,10 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
                   f"HV(found) / HV(true) = **{hv_vs_true:.4f}** (objectives normalised by the true "
                   f"front's ideal and nadir, reference point 1.1).", ""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines))
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    point("report-written")
     return path
 
 

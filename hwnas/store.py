@@ -17,6 +17,9 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
+from .errors import HwnasError
+from .faults import point
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS candidates (
@@ -67,13 +70,86 @@ class Candidate:
         return "predicted" if name in self.predicted else None
 
 
+#: Bumped whenever the tables change; a store from a newer hwnas is refused, not misread.
+SCHEMA_VERSION = 1
+TABLES = ("meta", "candidates", "objectives", "generations")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _read_only(path: Path):
+    """Open ``path`` read-only; returns (connection, cleanup). Reading a WAL database makes its
+    ``-wal``/``-shm`` files: cleanup removes them again when they were not there and hold nothing."""
+    side = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    absent = [p for p in side if not p.exists()]
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+    def cleanup():
+        db.close()
+        wal = Path(f"{path}-wal")
+        if wal in absent and (not wal.exists() or wal.stat().st_size == 0):
+            for p in absent:
+                p.unlink(missing_ok=True)
+    return db, cleanup
+
+
+def check_store(path) -> None:
+    """A results store that ``resume`` may continue: SQLite, intact, our tables, a known schema.
+
+    Raises one :class:`HwnasError` line otherwise; the file is opened read-only and left as it was.
+    """
+    path = Path(path)
+    advice = "it cannot be resumed; start the search again in a new folder (hwnas run FILE --out NEW)"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as err:
+        raise HwnasError(f"{path}: cannot read the results store: {err}") from None
+    if head != SQLITE_MAGIC:
+        raise HwnasError(f"{path}: not an SQLite results store ({'empty file' if not head else 'other content'}); "
+                         f"{advice}")
+    cleanup = None
+    try:
+        db, cleanup = _read_only(path)
+        problems = [r[0] for r in db.execute("PRAGMA integrity_check(5)")]
+        if problems != ["ok"]:
+            raise HwnasError(f"{path}: the results store is damaged ({problems[0]}); {advice}")
+        have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [t for t in TABLES if t not in have]
+        if missing:
+            raise HwnasError(f"{path}: not an hwnas results store (no table {', '.join(missing)}); {advice}")
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = json.loads(row[0]) if row else 1  # stores written before versions were recorded
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise HwnasError(f"{path}: results store schema version {version!r}; this hwnas reads up to "
+                             f"{SCHEMA_VERSION} (a newer hwnas wrote it)")
+    except sqlite3.DatabaseError as err:
+        raise HwnasError(f"{path}: the results store is damaged ({err}); {advice}") from None
+    finally:
+        if cleanup is not None:
+            cleanup()
+
+
+def count_candidates(path) -> int:
+    """Candidates in a store :func:`check_store` accepted (0: its run never reached the first one)."""
+    db, cleanup = _read_only(Path(path))
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
+    finally:
+        cleanup()
+
+
 class ResultsStore:
     def __init__(self, path):
         self.path = Path(path)
-        self._db = sqlite3.connect(str(self.path), isolation_level=None)  # autocommit
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None)  # autocommit
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            if self.get_meta("schema_version") is None:
+                self.set_meta("schema_version", SCHEMA_VERSION)
+        except sqlite3.DatabaseError as err:
+            raise HwnasError(f"{self.path}: cannot open the results store: {err}") from None
 
     def close(self):
         self._db.close()
@@ -97,6 +173,7 @@ class ResultsStore:
             (key, json.dumps([int(g) for g in genome]), json.dumps(config, default=_json_default),
              int(generation), time.time()),
         )
+        point("candidate-added")
         return int(cur.lastrowid)
 
     def record(self, candidate_id: int, values: Dict[str, float], source: str, wall_time_s: float) -> None:
@@ -112,10 +189,12 @@ class ResultsStore:
                 "INSERT INTO objectives VALUES (?, ?, ?, ?, ?, ?)",
                 [(candidate_id, name, source, float(v), float(wall_time_s), now) for name, v in values.items()],
             )
+        point("values-recorded")
 
     def record_generation(self, generation: int) -> None:
         n = self._db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
         self._db.execute("INSERT OR REPLACE INTO generations VALUES (?, ?, ?)", (generation, n, time.time()))
+        point("generation-recorded")
 
     def finished_generations(self) -> List[int]:
         return [r[0] for r in self._db.execute("SELECT generation FROM generations ORDER BY generation")]

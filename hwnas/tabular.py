@@ -42,6 +42,7 @@ import csv
 import gzip
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -130,6 +131,11 @@ class TabularSpace:
     def counts(self, genomes) -> np.ndarray:  # pragma: no cover - abstract
         """(n, 3): MACs, weight values and activation values moved by one image's forward pass
         (module docstring, "Work counts"); the input of the analytical energy estimate."""
+        raise NotImplementedError
+
+    def layers(self, genomes) -> np.ndarray:  # pragma: no cover - abstract
+        """(n,): the operators that run (conv, linear and pooling layers) beyond the fixed ones: a
+        proxy of per-kernel overhead, which dominates small-batch GPU latency."""
         raise NotImplementedError
 
     def additive_features(self, genomes) -> np.ndarray:
@@ -262,6 +268,10 @@ class Nb201Space(TabularSpace):
     def features(self, genomes) -> np.ndarray:
         return self._feature_table[self._code(self.check(genomes))]
 
+    def layers(self, genomes) -> np.ndarray:
+        """Conv and pooling edges of the 15 cells."""
+        return NB201_CELLS * 3 * np.isin(self.check(genomes), (2, 3, 4)).sum(1).astype(float)
+
     def counts(self, genomes) -> np.ndarray:
         return self._counts_table[self._code(self.check(genomes))]
 
@@ -303,6 +313,7 @@ class FbnetSpace(TabularSpace):
                               + _conv_work(hidden, hidden, k, h, ho, groups=hidden)
                               + _conv_work(hidden, cout, 1, ho, ho, groups=g))
         self.block_work = work  # (22, 9, 3)
+        self._block_layers = np.where(np.array(FBNET_OPS) == "skip", (work[:, :, 0] > 0) * 1.0, 3.0)
         self.block_macs = work[:, :, 0]
         h_out = _fbnet_layout()[-1][3]
         self.fixed_work = (_conv_work(3, 16, 3, 32, 32) + _conv_work(352, 1504, 1, h_out, h_out)
@@ -327,6 +338,10 @@ class FbnetSpace(TabularSpace):
 
     def macs(self, genomes) -> np.ndarray:
         return self._per_block(self.check(genomes)).sum(1) + self.fixed_macs
+
+    def layers(self, genomes) -> np.ndarray:
+        """Three convs per inverted-residual block, one per skip that needs a projection."""
+        return self._block_layers[np.arange(22)[None, :], self.check(genomes)].sum(1)
 
     def counts(self, genomes) -> np.ndarray:
         G = self.check(genomes)
@@ -455,13 +470,39 @@ class OfaSpace(TabularSpace):
         blocks, fixed = self._block_macs(probe)
         return blocks.T.reshape((20,) + kernel.shape), fixed.reshape(kernel.shape)[0, 0]
 
+    def _slot_lookup(self, table: np.ndarray, G: np.ndarray) -> np.ndarray:
+        """Per active block slot, ``table[slot, kernel, expand, resolution]`` (0 for inactive slots)."""
+        picked = table[np.arange(20), G[:, :20], G[:, 20:40], G[:, 45:46]]
+        active = self._active_slots(G)
+        return picked * (active[..., None] if picked.ndim == 3 else active)
+
     def macs(self, genomes) -> np.ndarray:
-        blocks, fixed = self._block_macs(self.check(genomes))
-        return blocks.sum(1) + fixed
+        G = self.check(genomes)  # table lookups: equal to _block_macs summed (integers, exact in float64)
+        return self._slot_lookup(self._slot_macs, G).sum(1) + self._fixed_macs_by_res[G[:, 45]]
 
     def counts(self, genomes) -> np.ndarray:
-        blocks, fixed = self._block_work(self.check(genomes), lambda hidden: _make_divisible(hidden / 4))
-        return (blocks.sum(2) + fixed).T
+        G = self.check(genomes)
+        if getattr(self, "_slot_work", None) is None:
+            self._slot_work, self._fixed_work_by_res = self._work_tables()
+        return self._slot_lookup(self._slot_work, G).sum(1) + self._fixed_work_by_res[G[:, 45]]
+
+    def layers(self, genomes) -> np.ndarray:
+        """Three convs per active block, two more in squeeze-excite stages."""
+        G = self.check(genomes)
+        per_slot = np.repeat([3.0 + 2.0 * se for _, _, se in OFA_STAGES], 4)
+        return self._active_slots(G) @ per_slot
+
+    def _work_tables(self):
+        """Like :meth:`_mac_tables`, the three work counts of each slot and of the fixed layers."""
+        kernel, expand, res = np.meshgrid(
+            np.arange(len(OFA_KERNELS)), np.arange(len(OFA_EXPANDS)), np.arange(len(self.resolutions)), indexing="ij"
+        )
+        probe = np.zeros((kernel.size, self.space.n_var), dtype=np.int64)
+        probe[:, :20], probe[:, 20:40] = kernel.reshape(-1, 1), expand.reshape(-1, 1)
+        probe[:, 40:45], probe[:, 45] = len(OFA_DEPTHS) - 1, res.reshape(-1)
+        blocks, fixed = self._block_work(probe, lambda hidden: _make_divisible(hidden / 4))
+        slot = blocks.transpose(2, 1, 0).reshape((20,) + kernel.shape + (3,))
+        return slot, fixed.T.reshape(kernel.shape + (3,))[0, 0]
 
     def additive_features(self, genomes) -> np.ndarray:
         """Active-slot kernel and expand indicators plus resolution (inactive slots cost 0)."""
@@ -531,10 +572,13 @@ def _read_csv(path: Path) -> Tuple[List[str], List[List[str]]]:
             rows = list(csv.reader(f))
     except FileNotFoundError:
         raise HwnasError(f"benchmark table not found: {path}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise HwnasError(f"cannot read benchmark table {path}: {err}") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error) as err:
+        # EOFError: a truncated gzip file; the whole file is read, so damage anywhere shows here.
+        raise HwnasError(f"cannot read benchmark table {path}: {err or type(err).__name__}") from None
     if not rows:
         raise HwnasError(f"benchmark table {path} is empty")
+    if not any(any(cell.strip() for cell in r) for r in rows[1:]):
+        raise HwnasError(f"benchmark table {path} has a header but no rows; at least one row is needed")
     return rows[0], rows[1:]
 
 
@@ -578,6 +622,9 @@ def _parse(space_name: str, path: str) -> _Parsed:
     numeric, text = {}, {}
     for name, values in zip(header, cols):
         as_float = None if name == arch_column or name == "op_idx" else _to_float(values)
+        if as_float is None and name.endswith((LATENCY_SUFFIX, "_acc")):  # a metric column must be numbers
+            line, bad = next((i, v) for i, v in enumerate(values, start=2) if _to_float([v]) is None)
+            raise HwnasError(f"benchmark table {path}: row {line}: column {name}: {bad!r} is not a number")
         if as_float is None:
             text[name] = list(values)
         else:

@@ -37,6 +37,7 @@ from hwnas.tabular import TabularBenchmark, TabularSpace, space_from_spec
 
 FORMAT_VERSION = 1
 PREDICT_CHUNK = 8192
+MEMBER_ARRAYS = ("heads", "prior_mean", "prior_cov", "w", "proxy", "additive", "post_cov", "noise", "loo_mse")
 FULL_TABLE_LIMIT = 1 << 17  # spaces this small get every prediction precomputed at first use
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 POOL_LIMIT = {"nb201": 900, "fbnet": 4000, "ofa_mbv3": 4000}
@@ -113,6 +114,7 @@ class FewShotPredictor:
         n_members: int = 1,
         seed: int = 0,
         threads: int | None = None,
+        proxies: bool = True,
     ):
         self.space = space
         self.embed_dim = embed_dim
@@ -124,6 +126,7 @@ class FewShotPredictor:
         self.n_members = n_members
         self.seed = seed
         self.threads = threads
+        self.proxies = proxies
         self.members_: List[dict] = []
         self.reference_genomes_: np.ndarray | None = None
         self.meta_columns_: List[str] = []
@@ -254,8 +257,20 @@ class FewShotPredictor:
         self.y_mean_, self.y_std_ = float(y.mean()), float(y.std()) or 1.0
         self._table = self._folded_layers = None  # caches of the previous adaptation
         z = (y - self.y_mean_) / self.y_std_
+        proxies = _Proxies(self.tspace, G)
+        self.weights_ = {}
         for member, Phi in zip(self.members_, self.embed(G)):
-            member["w"] = _posterior_head(Phi, z, member["heads"], member["prior_mean"], member["prior_cov"])
+            fits = _candidates(Phi, z, member, proxies, self.meta_columns_) if self.proxies else \
+                {"meta": _meta_fit(Phi, z, member)}
+            weights = _loo_weights(fits, z)
+            member["w"], member["proxy"], member["additive"] = _combine(fits, weights, proxies, Phi.shape[1])
+            member["post_cov"], member["noise"] = fits["meta"]["cov"], np.array([fits["meta"]["s2"]])
+            loo = sum(w * fits[name]["loo_mu"] for name, w in weights.items())
+            member["loo"] = loo * self.y_std_ + self.y_mean_
+            member["loo_mse"] = np.array([np.mean((loo - z) ** 2)])
+            for name, w in weights.items():
+                self.weights_[name] = self.weights_.get(name, 0.0) + w / len(self.members_)
+        self.loo_ = np.mean([m["loo"] for m in self.members_], 0)
         return self
 
     def adapt(self, values, genomes=None) -> "FewShotPredictor":
@@ -281,10 +296,16 @@ class FewShotPredictor:
         folded = self._folded()
         out = np.empty(len(G))
         # Chunks keep the hidden activations in cache: ~2x faster on large batches.
+        proxy = np.mean([m.get("proxy", np.zeros(3)) for m in self.members_], 0)
+        additive = np.mean([m.get("additive", np.zeros(0)) for m in self.members_], 0)
         for start in range(0, len(G), PREDICT_CHUNK):
-            X = self.tspace.features(G[start : start + PREDICT_CHUNK])
-            z = sum(_mlp(layers, X)[:, 0] for layers in folded)
-            out[start : start + PREDICT_CHUNK] = z / len(folded)
+            g = G[start : start + PREDICT_CHUNK]
+            z = sum(_mlp(layers, self.tspace.features(g))[:, 0] for layers in folded) / len(folded)
+            if proxy.any():  # analytical proxies that the shots gave weight to (MACs, values moved)
+                z = z + _Proxies.raw(self.tspace, g) @ proxy
+            if additive.size and additive.any():
+                z = z + self.tspace.additive_features(g) @ additive
+            out[start : start + PREDICT_CHUNK] = z
         return out * self.y_std_ + self.y_mean_
 
     def _folded(self) -> List[list]:
@@ -301,6 +322,77 @@ class FewShotPredictor:
             self._folded_layers = folded
         return self._folded_layers
 
+    # --- uncertainty: which architectures to measure next, and what rho to expect ---------------
+    def candidate_pool(self, size: int = 20000, seed: int = 0) -> np.ndarray:
+        """Architectures to choose among: every cell of a space that small (NB201), else a seeded sample."""
+        space = self.tspace.space
+        if space.size <= size:
+            return np.array(np.unravel_index(np.arange(space.size), tuple(space.upper + 1))).T
+        return space.sample(np.random.default_rng(seed), size)
+
+    def _head_uncertainty(self, member: dict):
+        """Covariance of the meta-learned head and the noise level: the posterior after adaptation,
+        else the prior (the spread of the meta-training devices' heads, noise 0.05 in standard units)."""
+        if "post_cov" in member:
+            return member["post_cov"], float(member["noise"][0])
+        return member["prior_cov"], 0.05
+
+    def suggest(self, n: int, measured=None, pool=None) -> np.ndarray:
+        """``n`` architectures that most reduce the uncertainty of the meta-learned head, chosen greedily
+        (each the pool's architecture of largest predictive variance given the ones before it and the
+        ``measured`` genomes, default the reference architectures). The reduction does not depend on
+        the values still to be measured, so all ``n`` are chosen before any is measured."""
+        self._require("suggest")
+        member = self.members_[0]
+        pool = self.candidate_pool(1 << 14) if pool is None else self.tspace.check(pool)
+        measured = self.reference_genomes_ if measured is None else self.tspace.check(measured)
+        taken = {g.tobytes() for g in np.asarray(measured, dtype=np.int64)}
+        keep = np.array([g.tobytes() not in taken for g in pool.astype(np.int64)])
+        pool = pool[keep]
+        S, s2 = self._head_uncertainty(member)
+        if "post_cov" not in member:  # the prior: condition on what is measured already
+            S = _condition(S, self.embed(measured)[0], s2)
+        Phi = self.embed(pool)[0]
+        var = np.einsum("ij,jk,ik->i", Phi, S, Phi)
+        chosen = []
+        for _ in range(min(n, len(pool))):
+            i = int(np.argmax(var))
+            chosen.append(i)
+            v = S @ Phi[i]
+            S = S - np.outer(v, v) / (s2 + Phi[i] @ v)
+            var = var - (Phi @ v) ** 2 / (s2 + Phi[i] @ v)
+            var[chosen] = -np.inf
+        return pool[chosen]
+
+    def expected_rho(self, extra: int = 0, pool=None, draws: int = 200, seed: int = 0) -> float:
+        """Spearman rho between the adapted prediction and the device's true costs that the model
+        itself expects over the candidate pool (heads drawn from the posterior of the meta-learned
+        model), after ``extra`` more samples chosen by :meth:`suggest`, plus independent errors as large
+        as the adapted model's leave-one-out error on the shots (what the head's posterior cannot see:
+        a device unlike every candidate; more samples do not shrink it)."""
+        from scipy.stats import rankdata
+
+        self._require("expected_rho", adapted=True)
+        member = self.members_[0]
+        pool = self.candidate_pool(2000) if pool is None else self.tspace.check(pool)
+        S, s2 = self._head_uncertainty(member)
+        if extra:
+            S = _condition(S, self.embed(self.suggest(extra))[0], s2)
+        Phi = self.embed(pool)[0]
+        mean = (self._predict_batched(pool) - self.y_mean_) / self.y_std_  # standard units, proxies included
+        L = np.linalg.cholesky(S + 1e-9 * np.eye(len(S)))
+        rng = np.random.default_rng(seed)
+        eps = rng.standard_normal((len(S), draws))
+        misfit = np.sqrt(float(member.get("loo_mse", np.zeros(1))[0]))
+        # The head's uncertainty counts as much as the meta-learned model is weighed.
+        head = self.weights_.get("meta", 0.0) * Phi @ (L @ eps)
+        truth = mean[:, None] + head + misfit * rng.standard_normal((len(mean), draws))
+        r_mean = rankdata(mean)
+        r_truth = np.apply_along_axis(rankdata, 0, truth)
+        r_mean, r_truth = r_mean - r_mean.mean(), r_truth - r_truth.mean(0)
+        rho = (r_mean @ r_truth) / np.sqrt((r_mean @ r_mean) * (r_truth**2).sum(0))
+        return float(np.mean(rho))
+
     # --- persistence -------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """One ``.npz`` (arrays + a JSON header; loads with ``allow_pickle=False``)."""
@@ -310,7 +402,7 @@ class FewShotPredictor:
         for i, m in enumerate(self.members_):
             for j, (W, b) in enumerate(m["layers"]):
                 arrays[f"m{i}_W{j}"], arrays[f"m{i}_b{j}"] = W, b
-            for key in ("heads", "prior_mean", "prior_cov", "w"):
+            for key in MEMBER_ARRAYS:
                 if key in m:
                     arrays[f"m{i}_{key}"] = m[key]
         header = {
@@ -319,7 +411,8 @@ class FewShotPredictor:
             "params": self.get_params(),
             "n_layers": len(self.members_[0]["layers"]),
             "meta_columns": self.meta_columns_,
-            "adapted": {"y_mean": self.y_mean_, "y_std": self.y_std_} if "w" in self.members_[0] else None,
+            "adapted": {"y_mean": self.y_mean_, "y_std": self.y_std_, "weights": self.weights_,
+                        "loo": list(self.loo_)} if "w" in self.members_[0] else None,
         }
         arrays["header"] = np.array(json.dumps(header))
         with open(path, "wb") as f:
@@ -345,13 +438,15 @@ class FewShotPredictor:
         i = 0
         while f"m{i}_W0" in arrays:
             m = {"layers": [(arrays[f"m{i}_W{j}"], arrays[f"m{i}_b{j}"]) for j in range(header["n_layers"])]}
-            for key in ("heads", "prior_mean", "prior_cov", "w"):
+            for key in MEMBER_ARRAYS:
                 if f"m{i}_{key}" in arrays:
                     m[key] = arrays[f"m{i}_{key}"]
             pred.members_.append(m)
             i += 1
         if header["adapted"]:
             pred.y_mean_, pred.y_std_ = header["adapted"]["y_mean"], header["adapted"]["y_std"]
+            pred.weights_ = header["adapted"].get("weights", {"meta": 1.0})
+            pred.loo_ = np.array(header["adapted"].get("loo", []), dtype=float)
         return pred
 
     def get_params(self) -> dict:
@@ -366,11 +461,18 @@ class FewShotPredictor:
             "n_members": self.n_members,
             "seed": self.seed,
             "threads": self.threads,
+            "proxies": self.proxies,
         }
 
     def __repr__(self) -> str:
         state = "adapted" if self.members_ and "w" in self.members_[0] else ("meta-trained" if self.members_ else "new")
         return f"FewShotPredictor({self.tspace.name!r}, members={self.n_members}, {state})"
+
+
+def _condition(S: np.ndarray, Phi: np.ndarray, s2: float) -> np.ndarray:
+    """Covariance of a Gaussian head after observing it at the rows of ``Phi`` with noise ``s2``."""
+    SP = S @ Phi.T
+    return S - SP @ np.linalg.solve(Phi @ SP + s2 * np.eye(len(Phi)), SP.T)
 
 
 def _ref_stats(ref_values: np.ndarray, fallback: np.ndarray):
@@ -392,36 +494,159 @@ def _head_prior(W: np.ndarray, shrink: float = 0.3) -> dict:
 
 _PRIOR_SCALES = np.exp(np.linspace(np.log(0.1), np.log(30.0), 13))
 _NOISE_VARS = np.exp(np.linspace(np.log(1e-3), np.log(1.0), 13))
+_GRID = tuple(g.reshape(-1) for g in np.meshgrid(_PRIOR_SCALES, _NOISE_VARS, indexing="ij"))
+MIN_WEIGHT = 1e-3  # candidates below this share of the leave-one-out weight are dropped
+META_PRIOR = 4.0  # prior log-odds of the meta-learned model against each alternative (_loo_weights)
 
 
-def _best_posterior(Phi: np.ndarray, z: np.ndarray, mean: np.ndarray, cov: np.ndarray):
-    """Log marginal likelihood and posterior-mean head of the Gaussian prior N(mean, a*cov)
-    with noise s2, at the (a, s2) of a grid that maximises the marginal likelihood."""
-    resid = z - Phi @ mean
-    base = Phi @ cov @ Phi.T
-    a, s2 = (g.reshape(-1) for g in np.meshgrid(_PRIOR_SCALES, _NOISE_VARS, indexing="ij"))
-    K = a[:, None, None] * base + s2[:, None, None] * np.eye(len(z))
-    L = np.linalg.cholesky(K)  # positive definite: s2 > 0
-    alpha = np.linalg.solve(K, np.broadcast_to(resid, (len(a), len(z)))[..., None])[..., 0]
-    ll = -0.5 * alpha @ resid - np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
+def _blr(B: np.ndarray, z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> dict:
+    """Bayesian linear regression ``z ~ B beta + noise``, ``beta ~ N(mean, a cov)``, noise ``s2``, at the
+    (a, s2) of a grid that maximises the marginal likelihood.
+
+    Returns the log marginal likelihood ``ll``, the posterior mean ``beta`` and the closed-form
+    leave-one-out predictive mean and variance of every sample (``loo_mu``, ``loo_var``; Rasmussen &
+    Williams eq. 5.12: the model refitted without sample i, same a and s2).
+    """
+    B, z = B.astype(np.float64), z.astype(np.float64)
+    resid = z - B @ mean
+    # K = a B cov B^T + s2 I shares its eigenvectors over the whole grid: one decomposition, then
+    # every (a, s2) in O(n) (the log-likelihood is -r^T K^-1 r / 2 - log det K / 2).
+    lam, U = np.linalg.eigh(B @ cov @ B.T)
+    lam = np.maximum(lam, 0.0)
+    rt = U.T @ resid
+    a, s2 = _GRID
+    d = a[:, None] * lam[None, :] + s2[:, None]
+    ll = -0.5 * (rt**2 / d).sum(1) - 0.5 * np.log(d).sum(1)
     best = int(np.argmax(ll))
-    return float(ll[best]), mean + a[best] * cov @ Phi.T @ alpha[best]
+    Kinv = (U / d[best]) @ U.T
+    alpha = Kinv @ resid
+    n, d = len(z), np.diag(Kinv)
+    AB = a[best] * cov @ B.T
+    return {"ll": float(ll[best]) - 0.5 * n * np.log(2 * np.pi), "beta": mean + AB @ alpha,
+            "loo_mu": z - alpha / d, "loo_var": 1.0 / d, "a": float(a[best]), "s2": float(s2[best]),
+            "cov": a[best] * cov - AB @ Kinv @ AB.T}
 
 
-def _posterior_head(Phi: np.ndarray, z: np.ndarray, heads: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """Head for a new device: Bayesian model average over a mixture prior.
+def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict) -> dict:
+    """The meta-learned head for a new device: Bayesian model average over a mixture prior.
 
     The mixture has one component centred on each meta-training device's head plus one on
     their mean, all with the shared covariance; a new device that resembles one
     meta-training device (e.g. another GPU at batch size 1) then borrows that device's head
     instead of a blend dominated by the majority of devices.
     """
-    Phi, z = Phi.astype(np.float64), z.astype(np.float64)
-    fits = [_best_posterior(Phi, z, centre, cov) for centre in [*heads, mean]]
-    ll = np.array([f[0] for f in fits])
-    weights = np.exp(ll - ll.max())
-    weights /= weights.sum()
-    return sum(w * f[1] for w, f in zip(weights, fits))
+    cov = member["prior_cov"]
+    fits = [_blr(Phi, z, centre, cov) for centre in [*member["heads"], member["prior_mean"]]]
+    ll = np.array([f["ll"] for f in fits])
+    w = np.exp(ll - ll.max())
+    w /= w.sum()
+    mu = sum(wi * f["loo_mu"] for wi, f in zip(w, fits))
+    var = sum(wi * (f["loo_var"] + f["loo_mu"] ** 2) for wi, f in zip(w, fits)) - mu**2
+    head = sum(wi * f["beta"] for wi, f in zip(w, fits))
+    # Posterior covariance of the head and noise, averaged over the components (for uncertainty only).
+    cov = sum(wi * f["cov"] for wi, f in zip(w, fits))
+    noise = sum(wi * f["s2"] for wi, f in zip(w, fits))
+    return {"phi": head, "loo_mu": mu, "loo_var": np.maximum(var, 1e-12), "cov": cov, "s2": noise}
+
+
+class _Proxies:
+    """Analytical proxies of cost for the adaptation: MACs and values moved (weights + activations,
+    :meth:`TabularSpace.counts`), in millions, standardised on the shots; and the layer-wise
+    additive indicators (a per-(layer, option) cost table)."""
+
+    def __init__(self, tspace: TabularSpace, G: np.ndarray):
+        raw = self.raw(tspace, G)
+        self.mu, self.sd = raw.mean(0), raw.std(0)
+        self.sd[self.sd == 0] = 1.0
+        self.std = (raw - self.mu) / self.sd
+        self.additive = tspace.additive_features(G).astype(np.float64)
+
+    @staticmethod
+    def raw(tspace: TabularSpace, G: np.ndarray) -> np.ndarray:
+        """(n, 3): MACs and values moved in millions, and the operators that run (kernel launches)."""
+        counts = tspace.counts(G)
+        return np.stack([tspace.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, tspace.layers(G)], 1)
+
+    # Analytical models of cost: compute-bound (MACs), memory-bound (values moved), both (a roofline
+    # sum), per-kernel overhead (small-batch GPUs: the operators that run), and overhead + roofline.
+    BASES = {"flops": [0], "bytes": [1], "roofline": [0, 1], "layers": [2], "launch_roofline": [0, 1, 2]}
+
+    def bases(self):
+        """name -> (basis with a trailing 1, columns of the raw proxies it uses or None for additive)."""
+        one = np.ones((len(self.std), 1))
+        out = {name: (np.hstack([self.std[:, cols], one]), cols) for name, cols in self.BASES.items()}
+        out["layerwise"] = (np.hstack([self.additive, one]), None)
+        return out
+
+    def to_raw(self, beta: np.ndarray, columns) -> tuple:
+        """A fitted basis's coefficients as (proxy coefficients on raw MACs and values, additive
+        coefficients, constant)."""
+        proxy, additive = np.zeros(self.std.shape[1]), np.zeros(self.additive.shape[1])
+        if columns is None:
+            return proxy, beta[:-1], float(beta[-1])
+        proxy[columns] = beta[:-1] / self.sd[columns]
+        return proxy, additive, float(beta[-1] - (beta[:-1] * self.mu[columns] / self.sd[columns]).sum())
+
+
+def _candidates(Phi: np.ndarray, z: np.ndarray, member: dict, proxies: _Proxies, names: Sequence[str]) -> dict:
+    """Every model the shots choose among: the meta-learned head; each meta-training device's head
+    alone, scaled and shifted (the nearest device); a zero-mean head on the embedding (what the
+    shots say when no meta-training device is like them); and the analytical proxies."""
+    k1 = Phi.shape[1]
+    fits = {"meta": _meta_fit(Phi, z, member)}
+    one = np.ones((len(z), 1))
+    for head, name in zip(member["heads"], names):
+        f = Phi @ head
+        mu, sd = f.mean(), f.std() or 1.0
+        fit = _blr(np.hstack([((f - mu) / sd)[:, None], one]), z, np.zeros(2), np.eye(2))
+        b0, b1 = fit["beta"]
+        phi = b0 / sd * head
+        phi[-1] += b1 - b0 * mu / sd
+        fits[f"device:{name.removesuffix('_latency_ms')}"] = {**fit, "phi": phi}
+    scale = float(np.trace(member["prior_cov"])) / k1
+    fit = _blr(Phi, z, np.zeros(k1), scale * np.eye(k1))
+    fits["embedding"] = {**fit, "phi": fit["beta"]}
+    for name, (B, columns) in proxies.bases().items():
+        fit = _blr(B, z, np.zeros(B.shape[1]), np.eye(B.shape[1]))
+        fits[name] = {**fit, "raw": proxies.to_raw(fit["beta"], columns)}
+    return fits
+
+
+def _loo_weights(fits: dict, z: np.ndarray) -> Dict[str, float]:
+    """Weights of the candidates from the shots alone: each one's leave-one-out error as a Gaussian
+    predictive density, ``-n/2 log(LOO MSE)`` (pseudo-Bayesian model averaging, Yao et al. 2018, with one
+    noise level per candidate: per-shot variances made a lucky flexible model look certain), plus
+    prior log-odds :data:`META_PRIOR` for the meta-learned model, the one trained to transfer. With
+    ten shots a proxy's better fit is often chance; on HELP's splits the prior kept every device at
+    its meta-learned figure while a proxy takes over where the shots clearly favour it
+    (benchmarks/results/fewshot.md)."""
+    names = list(fits)
+    mse = np.array([np.mean((fits[n]["loo_mu"] - z) ** 2) for n in names])
+    scores = -0.5 * len(z) * np.log(np.maximum(mse, 1e-12)) + np.array([META_PRIOR * (n == "meta") for n in names])
+    return _normalise(names, scores)
+
+
+def _normalise(names, scores) -> Dict[str, float]:
+    w = np.exp(scores - scores.max())
+    w /= w.sum()
+    keep = w >= MIN_WEIGHT
+    return {n: float(wi) for n, wi, k in zip(names, w / w[keep].sum(), keep) if k}
+
+
+def _combine(fits: dict, weights: Dict[str, float], proxies: _Proxies, k1: int):
+    """The weighted candidates as one head on the embedding (bias last), proxy coefficients on raw
+    MACs and values moved, and additive coefficients: prediction stays one trunk pass plus a dot."""
+    w, proxy, additive = np.zeros(k1), np.zeros(proxies.std.shape[1]), np.zeros(proxies.additive.shape[1])
+    for name, share in weights.items():
+        f = fits[name]
+        if "phi" in f:
+            w += share * f["phi"]
+        else:
+            p, a, c = f["raw"]
+            proxy += share * p
+            additive += share * a
+            w[-1] += share * c
+    return w, proxy, additive
 
 
 def artifact_path(space: str) -> Path:

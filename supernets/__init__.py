@@ -89,13 +89,29 @@ def save_checkpoint(supernet: Supernet, path, meta: Optional[Dict[str, Any]] = N
     return path
 
 
-def supernet_from_dict(ckpt: Any, source: str = "checkpoint") -> Supernet:
+def _check_checkpoint_dict(ckpt: Any, source: str) -> Dict[str, Any]:
+    """The four keys, each of the right kind (a file from elsewhere may hold anything)."""
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise HwnasError(f"{source} is not a supernet checkpoint (needs keys {', '.join(CHECKPOINT_KEYS)})")
-    net = create(ckpt["name"], **ckpt["kwargs"])
+    if not isinstance(ckpt["name"], str) or ckpt["name"] not in SUPERNETS:
+        raise HwnasError(f"{source}: name: {ckpt['name']!r} is not a registered supernet; allowed: {', '.join(names())}")
+    for key in ("kwargs", "state_dict", "meta"):
+        if not isinstance(ckpt[key], dict) or not all(isinstance(k, str) for k in ckpt[key]):
+            raise HwnasError(f"{source}: {key}: must be a mapping with string keys, got {type(ckpt[key]).__name__}")
+    return ckpt
+
+
+def supernet_from_dict(ckpt: Any, source: str = "checkpoint") -> Supernet:
+    ckpt = _check_checkpoint_dict(ckpt, source)
+    try:  # the stored constructor arguments must fit the supernet's signature and values
+        net = create(ckpt["name"], **ckpt["kwargs"])
+    except (HwnasError, TypeError, ValueError, KeyError, IndexError, AssertionError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise HwnasError(f"{source}: kwargs: the stored constructor arguments do not fit supernet "
+                         f"{ckpt['name']!r}: {first}") from None
     try:
         net.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0]
         raise HwnasError(f"{source}: weights do not fit supernet {ckpt['name']!r}: {first}") from None
     net.meta = dict(ckpt["meta"])
@@ -103,10 +119,7 @@ def supernet_from_dict(ckpt: Any, source: str = "checkpoint") -> Supernet:
 
 
 def _read_checkpoint(path) -> Dict[str, Any]:
-    ckpt = load_torch_file(path, "supernet checkpoint")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        raise HwnasError(f"{path} is not a supernet checkpoint (needs keys {', '.join(CHECKPOINT_KEYS)})")
-    return ckpt
+    return _check_checkpoint_dict(load_torch_file(path, "supernet checkpoint"), str(path))
 
 
 def load_checkpoint(path) -> Supernet:

@@ -10,6 +10,7 @@ statistics a supernet keeps are a mixture over all the sub-networks it trained.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from abc import ABC, abstractmethod
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -30,7 +31,9 @@ def load_torch_file(path, what: str) -> Any:
     if not path.is_file():
         raise HwnasError(f"{what} {path}: no such file (does not exist)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns in several lines before failing on a foreign pickle
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling arbitrary bytes can fail with almost any exception type
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise HwnasError(f"{what} {path} is corrupt or not a torch file: {first}") from None

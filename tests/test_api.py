@@ -53,3 +53,17 @@ def test_version_and_errors_are_public():
     assert stop.value.code == 0
     with pytest.raises(hwnas.ConfigError, match="space"):
         hwnas.load_config({"name": "x", "objectives": {"accuracy": "max", "latency_ms": "min"}})
+
+
+def test_help_lists_allowed_values_from_the_registries(capsys):
+    from hwnas.cli import main
+    from hwnas.devices.backends import BACKENDS
+    from hwnas.devices.spaces import known_spaces
+    from hwnas.supernets.datasets import KINDS
+
+    for argv, names in ((["devices", "measure", "--help"], BACKENDS.names() + known_spaces()),
+                        (["supernet", "eval", "--help"], list(KINDS))):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert all(name in text for name in names), (argv, names)

@@ -105,3 +105,136 @@ def test_an_added_profile_with_odd_samples_stays_physical(space, tmp_path):
     assert model.labels["energy_mJ"] == "fitted" and model.labels["power_W"] == "fitted"
     assert model.knees["latency_ms"] == pytest.approx(POSITIVE_KNEE * latency.min(), rel=1e-3)
     assert_physical(model, sweep_genomes(space))
+
+
+# --------------------------------------------------------------------------- few or poor samples (issue 17.6)
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def macs_latency(space, archs, scale=0.05):
+    """A plausible device: latency proportional to MACs plus a constant (ms)."""
+    d = device_space(space)
+    return 0.4 + scale * d.tspace.macs(np.stack([d.parse_arch(a) for a in archs])) / 1e6
+
+
+@needs_artifacts
+def test_refs_n_lists_the_references_then_uncertain_architectures(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    assert main(["devices", "refs", "--space", "nb201", "--n", "14", "--out", str(out)]) == 0
+    assert "reduce the few-shot predictor's uncertainty" in capsys.readouterr().err
+    archs = [r["arch"] for r in read_rows(out)]
+    refs = device_space("nb201").reference_archs()
+    assert archs[:10] == refs and len(set(archs)) == 14 and not set(archs[10:]) & set(refs)
+    assert all(r["latency_ms"] == "" for r in read_rows(out))
+    # The same every time (a template others can share), and not the first cells of a random draw.
+    assert main(["devices", "refs", "--space", "nb201", "--n", "14", "--out", str(tmp_path / "again.csv")]) == 0
+    assert [r["arch"] for r in read_rows(tmp_path / "again.csv")] == archs
+    capsys.readouterr()
+    # The picks are where the meta-training devices disagree most: larger prior variance than typical cells.
+    from hwnas.predictors.fewshot import _condition, load_pretrained
+
+    meta = load_pretrained("nb201")
+    m = meta.members_[0]
+    S = _condition(m["prior_cov"], meta.embed(meta.reference_genomes_)[0], 0.05)
+    pool = meta.candidate_pool()
+    var = lambda G: np.einsum("ij,jk,ik->i", meta.embed(G)[0], S, meta.embed(G)[0])  # noqa: E731
+    picked = var(np.stack([device_space("nb201").parse_arch(a) for a in archs[10:11]]))
+    assert picked[0] >= var(pool).max() - 1e-9
+    for bad in (["--n", "0"], ["--device", "nosuch", "--n", "3"]):
+        assert main(["devices", "refs", "--space", "nb201", *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:")
+
+
+@needs_artifacts
+def test_add_with_few_samples_says_so_and_the_follow_up_template_completes_them(tmp_path, capsys):
+    refs = device_space("fbnet").reference_archs()[:5]
+    five = write_csv(tmp_path / "five.csv", ["arch", "latency_ms"],
+                     [[a, f"{v:.4f}"] for a, v in zip(refs, macs_latency("fbnet", refs))])
+    assert main(["devices", "add", "board5", "--space", "fbnet", "--samples", str(five)]) == 0
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "5 samples, 10 recommended: measure 5 more" in warnings[0]
+    assert "hwnas devices refs --space fbnet --device board5 --n 5 --out more.csv" in warnings[0]
+    assert "expected Spearman rho" in out
+    # Do what the line says: the template holds the 5 samples, then 5 new architectures to measure.
+    more = tmp_path / "more.csv"
+    assert main(["devices", "refs", "--space", "fbnet", "--device", "board5", "--n", "5", "--out", str(more)]) == 0
+    rows = read_rows(more)
+    assert [r["arch"] for r in rows[:5]] == refs and all(r["latency_ms"] for r in rows[:5])
+    new = [r["arch"] for r in rows[5:]]
+    assert len(new) == 5 and all(r["latency_ms"] == "" for r in rows[5:]) and not set(new) & set(refs)
+    filled = write_csv(more, ["arch", "latency_ms"], [[r["arch"], r["latency_ms"]] for r in rows[:5]]
+                       + [[a, f"{v:.4f}"] for a, v in zip(new, macs_latency("fbnet", new))])
+    assert main(["devices", "add", "board5", "--space", "fbnet", "--samples", str(filled), "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "added 10 samples" in out and "warning:" not in out
+
+
+@needs_artifacts
+def test_add_with_a_poor_leave_one_out_rho_says_so(tmp_path, capsys):
+    refs = device_space("nb201").reference_archs()
+    values = np.random.default_rng(1).permutation(macs_latency("nb201", refs))  # latencies that fit no model
+    path = write_csv(tmp_path / "noisy.csv", ["arch", "latency_ms"], [[a, f"{v:.4f}"] for a, v in zip(refs, values)])
+    assert main(["devices", "add", "noisy", "--space", "nb201", "--samples", str(path)]) == 0
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "is low (< 0.8)" in warnings[0]
+    assert "hwnas devices refs --space nb201 --device noisy --n 10 --out more.csv" in warnings[0]
+
+
+@needs_artifacts
+def test_add_reports_the_expected_rho_and_whether_more_samples_pay(tmp_path, capsys):
+    refs = device_space("nb201").reference_archs()
+    path = write_csv(tmp_path / "s.csv", ["arch", "latency_ms"],
+                     [[a, f"{v:.4f}"] for a, v in zip(refs, macs_latency("nb201", refs))])
+    assert main(["devices", "add", "clean", "--space", "nb201", "--samples", str(path)]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("expected Spearman rho"))
+    now, more = (float(x) for x in __import__("re").findall(r": (0\.\d+|1\.000)", line)[:2])
+    assert 0 < now <= 1 and more >= now - 1e-9
+    assert ("would pay" in line) == (more - now >= 0.01)
+
+
+# --------------------------------------------------------------------------- never worse than a proxy (issue 23.1)
+@needs_artifacts
+@pytest.mark.parametrize("space", TABULAR)
+def test_shots_that_follow_macs_make_the_flops_proxy_take_over(space):
+    """A device whose latency is MACs (an accelerator bound by arithmetic): the adapted model must rank
+    like MACs, not like the meta-training devices."""
+    from scipy.stats import spearmanr
+
+    from hwnas.predictors.fewshot import load_pretrained
+
+    meta = load_pretrained(space)
+    tspace = meta.tspace
+    G = tspace.space.sample(np.random.default_rng(5), 2000)
+    shots = np.vstack([meta.reference_genomes_, tspace.space.sample(np.random.default_rng(6), 10)])
+    adapted = meta.adapt(0.4 + 0.05 * tspace.macs(shots) / 1e6, shots)
+    assert adapted.weights_.get("meta", 0.0) < 0.5
+    assert sum(adapted.weights_.get(k, 0.0) for k in ("flops", "roofline")) > 0.5
+    assert spearmanr(adapted.predict(G), tspace.macs(G))[0] > 0.99
+    # A device like a meta-training one keeps the meta-learned model.
+    first = meta.adapt(meta.embed(meta.reference_genomes_)[0] @ meta.members_[0]["heads"][0] * 3.0 + 10.0)
+    assert first.weights_.get("meta", 0.0) + sum(w for k, w in first.weights_.items() if k.startswith("device:")) > 0.9
+
+
+@needs_artifacts
+def test_add_with_energy_compares_the_adapted_model_with_the_analytical_estimate(tmp_path, capsys):
+    """Energy samples are adapted like latency (meta-trained on latency); add compares it with the estimate."""
+    refs = device_space("fbnet").reference_archs()
+    latency = macs_latency("fbnet", refs)
+    rows = [[a, f"{v:.4f}", f"{2.5 * v + 0.3:.4f}"] for a, v in zip(refs, latency)]
+    path = write_csv(tmp_path / "e.csv", ["arch", "latency_ms", "energy_mJ"], rows)
+    assert main(["devices", "add", "metered", "--space", "fbnet", "--samples", str(path)]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("energy_mJ:"))
+    assert "leave-one-out rho" in line and "analytical estimate" in line
+    model = cost_model("metered", "fbnet")
+    assert model.labels["energy_mJ"] == "fitted"
+    # Energy that is MACs-proportional is ranked like MACs: the proxies serve energy as they serve latency.
+    from scipy.stats import spearmanr
+
+    G = device_space("fbnet").space.sample(np.random.default_rng(2), 500)
+    assert spearmanr(model.predict(G)["energy_mJ"], device_space("fbnet").tspace.macs(G))[0] > 0.9

@@ -141,8 +141,12 @@ def test_fast_predict_equals_the_plain_forward_pass(space, one_torch_thread):
     meta = load_pretrained(space)
     adapted = meta.adapt(np.linspace(1.0, 3.0, 10))
     G = adapted.tspace.space.sample(np.random.default_rng(3), 20_000)  # > PREDICT_CHUNK: several chunks
-    # Reference: features -> trunk -> phi with bias, times the adapted head (no folding, no tables).
-    plain = np.mean([Phi @ m["w"] for Phi, m in zip(adapted.embed(G), adapted.members_)], 0)
+    # Reference: features -> trunk -> phi with bias, times the adapted head (no folding, no tables),
+    # plus the analytical proxies the shots gave weight to (MACs, values moved, additive table).
+    counts = adapted.tspace.counts(G)
+    raw = np.stack([adapted.tspace.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, adapted.tspace.layers(G)], 1)
+    plain = np.mean([Phi @ m["w"] + raw @ m["proxy"] + adapted.tspace.additive_features(G) @ m["additive"]
+                     for Phi, m in zip(adapted.embed(G), adapted.members_)], 0)
     np.testing.assert_allclose(adapted.predict(G), plain * adapted.y_std_ + adapted.y_mean_, rtol=1e-5, atol=1e-5)
     # Adapting again (in place or as a copy) drops the caches of the previous device.
     other = adapted.adapt(np.linspace(3.0, 1.0, 10))

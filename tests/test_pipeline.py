@@ -104,8 +104,11 @@ def test_sigkill_then_resume_evaluates_nothing_twice(tmp_path, small_checkpoint)
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # kill once a dozen candidates are stored
-        if (out / "results.sqlite").exists() and len(_stored(out / "results.sqlite")) >= 24:
-            break
+        try:
+            if (out / "results.sqlite").exists() and len(_stored(out / "results.sqlite")) >= 24:
+                break
+        except sqlite3.OperationalError:  # the store is being created
+            pass
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
