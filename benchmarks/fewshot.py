@@ -313,7 +313,7 @@ def logo_markdown(results: list) -> str:
     names = ["flops", "layerwise", "nearest", "non_meta"]
     for r in results:
         ten = "10" if 10 in r["shots"] else str(r["shots"][0])
-        lines += [f"### {r['space']}: leave one group out, {ten} shots, {r['seeds']} seed(s)", "",
+        lines += [f"### {r['space']}: leave one group out, {ten} shots, {r['seeds']} seed(s) (run {r.get('date', '?')})", "",
                   "| held out | device | ours | expected (model) | FLOPs | layer-wise | nearest device | non-meta GP | ours ≥ best baseline |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         rows = []
@@ -376,6 +376,7 @@ def main(argv=None) -> int:
     lg.add_argument("--shot-counts", default="10,20,50,100")
     lg.add_argument("--merge", help="comma-separated JSON results of --logo runs: report them together in "
                     "BENCHMARKS.md (benchmarks/results/fewshot_logo.md)")
+    lg.add_argument("--note", help="with --merge: a paragraph to add (e.g. which commit the runs used)")
     tp = parser.add_argument_group("throughput mode (no meta-training; the shipped predictors)")
     tp.add_argument("--throughput", action="store_true",
                     help="measure predictions/s of load_pretrained(space).adapt(10 shots).predict instead")
@@ -412,7 +413,8 @@ def main(argv=None) -> int:
 
             runs = "\n".join(f"    {r['command']}   # {r['date']}" for r in results)
             write_section("fewshot_logo", "Few-shot latency prediction: leave one device group out", (
-                LOGO_INTRO + f"\n\nThe runs (one JSON each; then this command merges them):\n\n{runs}\n\n" + text))
+                LOGO_INTRO + (f"\n\n{args.note}" if args.note else "")
+                + f"\n\nThe runs (one JSON each; then this command merges them):\n\n{runs}\n\n" + text))
         return 0
     if args.throughput:
         result = run_throughput(args)

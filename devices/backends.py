@@ -298,6 +298,9 @@ class TorchCPUBackend(_Backend):
     times_segments = True
 
     def _run(self, model: torch.nn.Module, input_shape: Sequence[int]) -> Callable[[], object]:
+        if getattr(model, "deployed_onnx", None) is not None:  # its forward would time onnxruntime
+            raise HwnasError("torch-cpu cannot run int8 (QDQ) units; measure quantized candidates with "
+                             "onnxruntime-cpu")
         model = model.eval()
         x = self._input(input_shape)
         if self.channels_last and x.dim() == 4:

@@ -25,7 +25,7 @@ walks the same layers analytically (equal to :func:`count_model` on the built ne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Dict, Sequence
 
 import torch
 from torch import nn
@@ -81,30 +81,61 @@ def count_model(model: nn.Module, input_shape: Sequence[int], batch_size: int = 
     input channels per group x kernel area for a conv, x input features for a linear
     layer; batch norm, activations and element-wise ops are not counted.
     """
-    totals = [0.0, 0.0, 0.0]  # macs, weights, activations
+    return sum(count_by_precision(model, input_shape, batch_size).values(), Counts(0.0, 0.0, 0.0))
 
-    def hook(module, inputs, output):
-        if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        else:
-            per_output = module.in_features
-        totals[0] += output.numel() * per_output
-        totals[1] += sum(p.numel() for p in module.parameters(recurse=False))
-        totals[2] += inputs[0].numel() + output.numel()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+@torch.no_grad()
+def count_by_precision(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> Dict[str, Counts]:
+    """:func:`count_model` split by the precision each layer runs at.
+
+    A quantized candidate (:class:`hwnas.dimensions.quantization.QuantizedModel`) runs the layers
+    under its ``int8_paths`` in int8 and the rest in fp32; any other model is all fp32. Pruned
+    layers are counted as the smaller layers they are.
+    """
+    int8_paths = tuple(getattr(model, "int8_paths", ()))
+    model = getattr(model, "model", model) if int8_paths else model
+    totals: Dict[str, list] = {}
+
+    def precision(name: str) -> str:
+        return "int8" if any(name == p or name.startswith(p + ".") for p in int8_paths) else "fp32"
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            if isinstance(module, nn.Conv2d):
+                per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            else:
+                per_output = module.in_features
+            t = totals.setdefault(precision(name), [0.0, 0.0, 0.0])  # macs, weights, activations
+            t[0] += output.numel() * per_output
+            t[1] += sum(p.numel() for p in module.parameters(recurse=False))
+            t[2] += inputs[0].numel() + output.numel()
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(name)) for name, m in model.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         model.eval()(torch.zeros(batch_size, *input_shape))
     finally:
         for h in handles:
             h.remove()
-    return Counts(*totals)
+    return {p: Counts(*t) for p, t in totals.items()}
+
+
+def mixed_energy_mJ(parts: Dict[str, Counts]) -> float:
+    """Energy of a model whose layers run at several precisions (:func:`count_by_precision`)."""
+    return sum(energy_mJ(c, p) for p, c in parts.items())
 
 
 def estimate_model(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, precision: str = "fp32",
                    latency_ms: float | None = None) -> dict:
-    """``{"energy_mJ", "power_W" (when latency is given), "label": "estimated"}`` for a model."""
-    e = energy_mJ(count_model(model, input_shape, batch_size), precision)
+    """``{"energy_mJ", "power_W" (when latency is given), "label": "estimated"}`` for a model.
+
+    ``precision`` applies to a plain model; a quantized candidate counts its int8 layers as int8.
+    """
+    if getattr(model, "int8_paths", ()):
+        e = mixed_energy_mJ(count_by_precision(model, input_shape, batch_size))
+    else:
+        e = energy_mJ(count_model(model, input_shape, batch_size), precision)
     out = {"energy_mJ": e, "label": ESTIMATED}
     if latency_ms:
         out["power_W"] = power_W(e, latency_ms)

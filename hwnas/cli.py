@@ -94,6 +94,31 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_examples(args) -> int:
+    """The example experiments shipped inside the package; ``--copy DIR`` puts copies there to edit."""
+    import shutil
+    from importlib.resources import files
+
+    examples = sorted((p for p in files("hwnas.experiments").iterdir() if p.name.endswith(".yaml")),
+                      key=lambda p: p.name)
+    if args.copy:
+        target = Path(args.copy)
+        if target.exists() and not target.is_dir():
+            raise HwnasError(f"--copy: {target} is a file; give a folder")
+        clash = [p.name for p in examples if (target / p.name).exists()]
+        if clash:
+            raise HwnasError(f"--copy: {target} already holds {', '.join(clash)}; choose another folder")
+        target.mkdir(parents=True, exist_ok=True)
+        for p in examples:
+            shutil.copyfile(p, target / p.name)
+        print(f"copied {len(examples)} example experiments to {target}/")
+        return 0
+    for p in examples:
+        first = next((line.lstrip("# ").strip() for line in p.read_text().splitlines() if line.startswith("#")), "")
+        print(f"{p.name:28s} {first}\n{'':28s} {p}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -113,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a finished run to N generations in all (a finished run is otherwise left as it is)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("examples", help="list the example experiments shipped with hwnas (or --copy them)")
+    p.add_argument("--copy", metavar="DIR", help="copy them into DIR (created), to edit and run")
+    p.set_defaults(func=cmd_examples)
 
     p = sub.add_parser("validate", help="check an experiment YAML (the checks of 'run') without running it")
     p.add_argument("config")

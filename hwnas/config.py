@@ -35,13 +35,20 @@ class _Model(BaseModel):
 
 
 class SpaceConfig(_Model):
-    """A supernet by name and checkpoint, or a tabular benchmark table."""
+    """A supernet by name and checkpoint, or a tabular benchmark table.
+
+    Besides the keys below, each searched compression dimension may have its own block named
+    after it (``pruning: {keep: [...]}``, ``quantization: {precisions: [...]}``), validated by
+    the dimension's module (:mod:`hwnas.dimensions`).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # the dimensions' blocks; checked below
 
     supernet: Optional[str] = None
     checkpoint: str = "default"
     table: Optional[str] = None
     tabular_space: Optional[Literal["nb201", "fbnet", "ofa_mbv3"]] = None
-    dimensions: List[Literal["architecture", "pruning", "quantization"]] = ["architecture"]
+    dimensions: List[str] = ["architecture"]
     # NB201 cells whose output is not connected to the input (341 of 15625: chance accuracy,
     # near-zero latency) are never evaluated ("exclude"), or searched like any other ("include").
     degenerate: Literal["exclude", "include"] = "exclude"
@@ -52,14 +59,15 @@ class SpaceConfig(_Model):
             raise ValueError("give exactly one of 'supernet' (a registered name) or 'table' (a benchmark CSV)")
         if self.table is not None and self.tabular_space is None:
             raise ValueError("a 'table' needs 'tabular_space' (one of nb201, fbnet, ofa_mbv3)")
-        if "architecture" not in self.dimensions:
-            raise ValueError("'dimensions' must include 'architecture'")
-        if len(set(self.dimensions)) != len(self.dimensions):
-            raise ValueError("'dimensions' lists a dimension twice")
-        unsupported = [d for d in self.dimensions if d != "architecture"]
-        if unsupported:
-            raise ValueError(f"dimension(s) {unsupported} are not available yet; allowed now: ['architecture']")
+        from hwnas.dimensions import check_space_options
+
+        check_space_options(self.dimensions, self.model_extra or {}, tabular=self.table is not None)
         return self
+
+    @property
+    def dimension_options(self) -> Dict[str, Any]:
+        """The dimensions' own blocks (``{"pruning": {"keep": [...]}}``) as given."""
+        return dict(self.model_extra or {})
 
 
 MEASURING_BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda")
@@ -70,7 +78,8 @@ class DeviceConfig(_Model):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     # How measured costs are taken: a backend on this machine, or "table" (a benchmark table's values).
     # Predicted costs come from the device's profile (hwnas devices add/measure).
-    backend: Literal["torch-cpu", "onnxruntime-cpu", "torch-cuda", "table"] = "torch-cpu"
+    # onnxruntime: what a CPU deployment runs (ONNX), and the only backend that runs int8 units.
+    backend: Literal["torch-cpu", "onnxruntime-cpu", "torch-cuda", "table"] = "onnxruntime-cpu"
     batch_size: int = Field(default=1, ge=1, le=4096)
     threads: int = Field(default=1, ge=1, le=256)
     warmup: int = Field(default=3, ge=0, le=1000)
@@ -413,6 +422,9 @@ def load_config(path: Union[str, Path]) -> ExperimentConfig:
     check_references(cfg, path)
     cfg = with_profile_settings(cfg, path)
     check_runnable(cfg, path)
+    from hwnas.dimensions import check_experiment
+
+    check_experiment(cfg, path)
     return cfg
 
 

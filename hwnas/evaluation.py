@@ -20,6 +20,7 @@ from .config import COST_METRICS, DeviceConfig, ExperimentConfig, split_metric
 from .errors import HwnasError
 
 PROFILE_ONLY = ("energy_mJ", "power_W")  # no meter here: always predicted from the device's profile
+COST_CALIB_IMAGES = 64  # BN/int8 calibration images of a model measured for costs only
 
 
 @dataclass(frozen=True)
@@ -108,26 +109,28 @@ class SupernetMeasureTask:
 
     def __call__(self, request: Tuple[Dict, Sequence[str]]) -> Tuple[Dict[str, float], float]:
         from hwnas.devices.backends import create_backend
+        from hwnas.dimensions.quantization import QuantizedModel
         from hwnas.modelstats import count_flops, count_params
-        from hwnas.supernets import subnet_accuracy
+        from hwnas.supernets import materialize, measure_accuracy
 
         config, keys = request
         supernet, data = self.load()
         start = time.perf_counter()
+        # One model per request, as it ships (hwnas.supernets.materialize). Costs do not depend on
+        # the weights: without accuracy, a short BN/int8 calibration gives the same layers and graph.
+        wants_accuracy = any(self.metrics[k].metric == "accuracy" for k in keys)
+        calib = self.calib_images if wants_accuracy else min(self.calib_images, COST_CALIB_IMAGES)
+        model = materialize(supernet, config, data.train[0], calib, self.seed)
+        counted = model.model if isinstance(model, QuantizedModel) else model  # int8 counts the same layers
         values: Dict[str, float] = {}
-        model = None
         for key in keys:
             m = self.metrics[key]
             if m.metric == "accuracy":
-                values[key] = subnet_accuracy(supernet, config, data, split=self.split,
-                                              calib_images=self.calib_images, seed=self.seed)
-                continue
-            if model is None:
-                model = supernet.extract(config).eval()
-            if m.metric == "params":
-                values[key] = float(count_params(model))
+                values[key] = measure_accuracy(model, *data.split(self.split))
+            elif m.metric == "params":
+                values[key] = float(count_params(counted))
             elif m.metric == "flops":
-                values[key] = float(count_flops(model, data.input_shape))
+                values[key] = float(count_flops(counted, data.input_shape))
             elif m.metric == "latency_ms":
                 dev = self.devices[m.device]
                 backend = create_backend(dev.backend, batch_size=dev.batch_size, threads=dev.threads,

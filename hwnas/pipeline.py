@@ -15,10 +15,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import TABLE_ACCURACY, ExperimentConfig, data_spec, device_locations, device_space_name
+from .config import TABLE_ACCURACY, DeviceConfig, ExperimentConfig, data_spec, device_locations, device_space_name
 from .errors import HwnasError
 from .evaluation import Metric, SupernetMeasureTask, budget_slack, experiment_metrics, objective_matrix
 from .executors import create_executor
+from .rundir import DEFAULT_BACKEND_META, OLD_DEFAULT_BACKEND  # noqa: F401
 from .rundir import CONFIG_NAME, STORE_NAME, default_run_dir, plan_run_dir, resume_run_dir, start_run_dir  # noqa: F401
 from .store import Candidate, ResultsStore
 
@@ -276,6 +277,9 @@ class Experiment:
 
         start = time.time()
         self.store.set_meta("status", "running")
+        if self.store.get_meta(DEFAULT_BACKEND_META) is None:  # candidates stored without it: an older run
+            self.store.set_meta(DEFAULT_BACKEND_META, OLD_DEFAULT_BACKEND if self._candidates
+                                else DeviceConfig.model_fields["backend"].default)
         self._warm_start()
         init = self.initial_samples()
         if len(init):
@@ -344,6 +348,7 @@ class Experiment:
         (the generations of a continued run: 'hwnas resume --generations N')."""
         s = self.cfg.strategy
         return s.evaluations if s.evaluations is not None else s.population * self.generations
+
 
     def final_front(self) -> List[Candidate]:
         """The feasible non-dominated candidates; with ``measure_front``, all of them measured.
@@ -432,10 +437,13 @@ class SupernetSpace:
     """A supernet's architecture space; measurement fans out over the executor."""
 
     def __init__(self, cfg: ExperimentConfig, metrics: Sequence[Metric]):
+        from hwnas.dimensions import JointSpace
         from hwnas.supernets import load_checkpoint
 
         self.supernet = load_checkpoint(_resolve_checkpoint(cfg))
-        self.space = self.supernet.space
+        # architecture x the compression dimensions searched (the supernet's own space if none)
+        self.joint = JointSpace(self.supernet, cfg.space.dimensions, cfg.space.dimension_options)
+        self.space = self.joint.space
         self.task = SupernetMeasureTask(_resolve_checkpoint(cfg), data_spec(cfg), cfg.devices, metrics,
                                         split=cfg.accuracy_eval.split, calib_images=cfg.accuracy_eval.calib_images,
                                         images=cfg.accuracy_eval.images, seed=cfg.strategy.seed)
@@ -479,7 +487,7 @@ class SupernetSpace:
         return self.space.decode(genome)
 
     def describe(self, config: Dict) -> str:
-        return self.supernet.describe(config)
+        return self.joint.describe(config)
 
     def measure(self, requests):
         if not self.on_nodes:
@@ -550,6 +558,7 @@ class TableSpace:
 
     def features(self, genomes: np.ndarray) -> np.ndarray:
         return self.bench.features(genomes)
+
 
     def canonical(self, genomes: np.ndarray) -> np.ndarray:
         if self.complete:

@@ -10,8 +10,8 @@ A run folder holds ``config.yaml`` (the file as given), ``results.sqlite`` and `
   refused in one line; the kernel drops the lock when its owner dies, so a lock left by a
   killed run is stale and taken over.
 * **Reusable until the run really started**: a folder holding only run files and no stored
-  candidate (a run killed while starting, a cluster that could not be reached) is started
-  afresh by ``run``; ``resume`` starts it too.
+  value (a run killed while starting, a cluster that could not be reached at the first
+  measurement) is started afresh by ``run``; ``resume`` starts it too.
 * **Checked before a resume**: the store's integrity and schema version, and that
   ``config.yaml`` still says what the store was built from (the changed keys are named).
 """
@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .config import ExperimentConfig, load_config, parse_config, read_yaml
 from .errors import ConfigError, HwnasError
 from .faults import point
-from .store import ResultsStore, check_store, count_candidates
+from .store import ResultsStore, check_store, count_values
 
 CONFIG_NAME = "config.yaml"
 STORE_NAME = "results.sqlite"
@@ -75,7 +75,10 @@ def check_output_path(path: Path, what: str, folder: bool) -> Path:
             raise HwnasError(f"{what}: {path} is a file, not a folder; choose another path")
         if not folder and path.is_dir():
             raise HwnasError(f"{what}: {path} is a folder; give a file name")
-    existing = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
+    if path.exists():  # an existing file is overwritten (atomically, by the caller): its folder must be writable
+        existing = path if folder else path.absolute().parent
+    else:
+        existing = next(p for p in path.absolute().parents if p.exists())
     if not existing.is_dir():
         raise HwnasError(f"{what}: {existing} is a file, so {path} cannot be made under it; choose another path")
     if not folder and not path.exists() and existing != path.absolute().parent:
@@ -110,7 +113,7 @@ def _check_reusable(run_dir: Path) -> None:
     names = {p.name for p in run_dir.iterdir()}
     if STORE_NAME in names:
         check_store(run_dir / STORE_NAME)
-        if count_candidates(run_dir / STORE_NAME) > 0:
+        if count_values(run_dir / STORE_NAME) > 0:
             raise HwnasError(f"{run_dir}: already holds a run; use 'hwnas resume {run_dir}' or choose another folder")
     if names - set(RUN_FILES):
         raise HwnasError(f"{run_dir}: folder exists and holds other files "
@@ -191,7 +194,7 @@ def start_run_dir(run_dir: Path, config_path: Path) -> Tuple[RunLock, bool]:
     """Make ``run_dir`` (planned by :func:`plan_run_dir`), lock it, copy the file in and create the store.
 
     Returns the held lock and whether the folder was made here (so a run that fails before
-    its first candidate can remove what it made). A folder left by a run that never
+    its first value can remove what it made). A folder left by a run that never
     started is cleared and reused.
     """
     created = not run_dir.exists()
@@ -224,15 +227,32 @@ def start_run_dir(run_dir: Path, config_path: Path) -> Tuple[RunLock, bool]:
 
 
 def remove_unstarted(run_dir: Path) -> None:
-    """Remove a folder this invocation made if no candidate reached its store (nothing to lose)."""
+    """Remove a folder this invocation made if no value reached its store (nothing to lose)."""
     store = run_dir / STORE_NAME
     try:
-        if store.exists() and count_candidates(store) > 0:
+        if store.exists() and count_values(store) > 0:
             return
     except Exception:  # an unreadable store is left for the user to look at
         return
     if {p.name for p in run_dir.iterdir()} <= set(RUN_FILES):
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# The backend a device block without one got when its run started (onnxruntime-cpu since the
+# compression dimensions; torch-cpu before), in the store's meta: a resumed run keeps timing one way.
+DEFAULT_BACKEND_META, OLD_DEFAULT_BACKEND = "default_backend", "torch-cpu"
+
+
+def keep_default_backend(cfg: ExperimentConfig, store: ResultsStore) -> ExperimentConfig:
+    """Device blocks without a backend get the one their run began with (a store with candidates but
+    no record of it is from before the onnxruntime default: torch-cpu)."""
+    default = store.get_meta(DEFAULT_BACKEND_META)
+    if default is None and count_candidates(store.path) == 0:
+        return cfg
+    default = default or OLD_DEFAULT_BACKEND
+    devices = [d if "backend" in d.model_fields_set else d.model_copy(update={"backend": default})
+               for d in cfg.devices]
+    return cfg.model_copy(update={"devices": devices})
 
 
 def resume_run_dir(run_dir: Path) -> Tuple[ExperimentConfig, RunLock]:
@@ -261,6 +281,7 @@ def resume_run_dir(run_dir: Path) -> Tuple[ExperimentConfig, RunLock]:
                                   f"edited since the run started (changed: {', '.join(changed[:6])}"
                                   f"{', ...' if len(changed) > 6 else ''}); a resume continues the search it "
                                   f"stored: restore the file, or run the edited file into a new folder")
+            cfg = keep_default_backend(cfg, store)
         finally:
             store.close()
     except BaseException:
@@ -288,7 +309,7 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> List[str]:
 @contextmanager
 def holding(lock: RunLock, run_dir: Path, created: bool):
     """Run inside ``with holding(...)``: the lock is released at the end, and a run that fails before
-    its first candidate removes the folder this invocation made (nothing in it to lose)."""
+    its first value removes the folder this invocation made (nothing in it to lose)."""
     try:
         yield
     except HwnasError:

@@ -129,11 +129,12 @@ def check_store(path) -> None:
             cleanup()
 
 
-def count_candidates(path) -> int:
-    """Candidates in a store :func:`check_store` accepted (0: its run never reached the first one)."""
+def count_values(path) -> int:
+    """Objective values in a store :func:`check_store` accepted (0: its run never evaluated anything:
+    candidates without values are what a seeded replay proposes again, nothing is lost with them)."""
     db, cleanup = _read_only(Path(path))
     try:
-        return int(db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
+        return int(db.execute("SELECT COUNT(*) FROM objectives").fetchone()[0])
     finally:
         cleanup()
 

@@ -74,7 +74,11 @@ def elastic_mbv3_features(space: SearchSpace, genomes) -> np.ndarray:
 
 def predictor_features(space: SearchSpace):
     """The feature function predictors of ``space`` use: what runs for elastic MobileNetV3 spaces,
-    every gene (``space.features``) otherwise."""
+    every gene (``space.features``) otherwise. A joint space (:class:`hwnas.dimensions.JointSpace`)
+    brings its own: these for its architecture genes, each dimension's for its genes."""
+    custom = getattr(space, "predictor_features", None)
+    if custom is not None:
+        return custom
     try:
         _layout(space)
     except HwnasError:

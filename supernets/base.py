@@ -163,11 +163,23 @@ def calibration_batches(X: torch.Tensor, n_images: int, seed: int, batch_size: i
 
 def materialize(supernet: Supernet, config: Config, train_images: torch.Tensor, calib_images: int = 1000,
                 seed: int = 0) -> nn.Module:
-    """The sub-network ``config`` as it is measured and shipped: extracted, BN recalibrated on a
-    seeded subset of ``train_images``. The one place a candidate becomes a model, so a search's
-    accuracy, an export and an evaluation of the same candidate compute the same function."""
+    """The sub-network ``config`` as it is measured and shipped: extracted, restructured by the
+    compression dimensions the config has values for (pruning: narrower layers), BN recalibrated
+    on a seeded subset of ``train_images``, then in its deployed form (quantization: int8 units as
+    an onnxruntime QDQ model, :class:`hwnas.dimensions.quantization.QuantizedModel`). The one
+    place a candidate becomes a model, so a search's accuracy, an export and an evaluation of
+    the same candidate compute the same function."""
+    from hwnas.dimensions import compression_of, units_of
+
     model = supernet.extract(config)
-    recalibrate_bn(model, calibration_batches(train_images, calib_images, seed))
+    dimensions = compression_of(config)
+    units = units_of(supernet, config) if dimensions else []
+    for dim in dimensions:
+        model = dim.restructure(model, dim.own(config), units)
+    batches = calibration_batches(train_images, calib_images, seed)
+    recalibrate_bn(model, batches)
+    for dim in dimensions:
+        model = dim.deploy(model, dim.own(config), units, batches)
     return model
 
 

@@ -229,6 +229,18 @@ class ElasticMobileNetV3(Supernet):
     def describe(self, config: Config) -> str:
         return arch_key(config)
 
+    def compression_unit_names(self) -> List[str]:
+        """Every unit a compression dimension may act on (its variables: ``quant.block5``, ...)."""
+        return ["stem"] + [f"block{b}" for b in range(len(self.blocks))] + ["head"]
+
+    def compression_units(self, config: Config):
+        """The units of ``config``'s extracted sub-network (:class:`hwnas.dimensions.Unit`)."""
+        from hwnas.dimensions import Unit
+
+        blocks = [Unit(f"block{b}", b // self.max_depth, (f"blocks.{i}",))
+                  for i, (b, _, _) in enumerate(self.active_blocks(config))]
+        return [Unit("stem", None, ("stem",))] + blocks + [Unit("head", None, ("head", "classifier"))]
+
     def extract(self, config: Config) -> MobileNetV3Subnet:
         config = self.check_config(config)
         blocks = [self.blocks[b].extract(kernel, expand) for b, kernel, expand in self.active_blocks(config)]

@@ -199,6 +199,18 @@ class ElasticResNet(Supernet):
                 out.append((b, self.mid_channels(width, config[f"e{b}"]), width))
         return out
 
+    def compression_unit_names(self) -> List[str]:
+        """Every unit a compression dimension may act on (its variables: ``quant.block5``, ...)."""
+        return ["stem"] + [f"block{b}" for b in self.blocks] + ["head"]
+
+    def compression_units(self, config: Config):
+        """The units of ``config``'s extracted sub-network (:class:`hwnas.dimensions.Unit`)."""
+        from hwnas.dimensions import Unit
+
+        blocks = [Unit(f"block{b}", b // self.max_depth, (f"blocks.{i}",))
+                  for i, (b, _, _) in enumerate(self.active_blocks(config))]
+        return [Unit("stem", None, ("stem",))] + blocks + [Unit("head", None, ("classifier",))]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.elastic_resolution:
             x = resize_input(x, self.active["r"])

@@ -67,3 +67,14 @@ def test_help_lists_allowed_values_from_the_registries(capsys):
             main(argv)
         text = " ".join(capsys.readouterr().out.split())
         assert all(name in text for name in names), (argv, names)
+
+
+def test_examples_ship_in_the_package_and_copy_out(tmp_path, capsys):
+    from hwnas.cli import main
+
+    assert main(["examples"]) == 0
+    assert "quickstart.yaml" in capsys.readouterr().out
+    assert main(["examples", "--copy", str(tmp_path / "ex")]) == 0
+    assert (tmp_path / "ex" / "quickstart.yaml").is_file()
+    assert main(["validate", str(tmp_path / "ex" / "quickstart.yaml")]) == 0
+    assert main(["examples", "--copy", str(tmp_path / "ex")]) == 2  # never overwrites

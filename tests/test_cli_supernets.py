@@ -77,10 +77,10 @@ def test_import_timm_weights_then_name_them_in_an_experiment(tmp_path, capsys):
                   "objectives": {"params": "min", "latency_ms": "min"}}
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump(experiment))
-    # It validates as far as the data: the built-in data sets are grayscale, the weights take RGB.
+    # It validates as far as the data: the default data set is grayscale, the weights take RGB.
     assert main(["validate", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "space.checkpoint" in err and "3-channel" in err and "grayscale" in err and len(err.splitlines()) == 1
+    assert "space.checkpoint" in err and "3-channel" in err and "channels: 3" in err and len(err.splitlines()) == 1
     # A checkpoint holding another supernet than the one named.
     cfg.write_text(yaml.safe_dump({**experiment, "space": {"supernet": "elastic_mbv3", "checkpoint": str(out)}}))
     assert main(["validate", str(cfg)]) == 2

@@ -103,7 +103,8 @@ def test_supernet_search_on_an_added_device_never_times_it_here(tmp_path, device
     assert front and all(r["latency_ms_source"] == "predicted" and r["accuracy_source"] == "measured" for r in front)
     cli = predicted_by_cli(tmp_path, "pixel7", "elastic_mbv3", [r["arch"] for r in front])
     np.testing.assert_allclose([float(r["latency_ms"]) for r in front], cli, rtol=1e-5)
-    assert all(3.0 < v <= 12 for v in cli)  # the phone's scale, within the budget
+    assert all(3.0 < v <= 12 for v in cli)
+    assert predicted_by_cli(tmp_path, "pixel7", "elastic_mbv3", [front[0]["arch"]]) == cli[:1]  # --out overwritten  # the phone's scale, within the budget
     report = (run_dir / "report.md").read_text()
     assert "pixel7 (external:" in report and "predicted, not measured: latency_ms" in report
     assert "every value measured" not in report

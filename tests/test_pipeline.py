@@ -199,6 +199,7 @@ def test_quickstart_at_reduced_size(tmp_path):
     front = read_csv(out / "front.csv")
     assert front and all(r["accuracy_source"] == "measured" and r["latency_ms_source"] == "measured" for r in front)
     assert all(0.5 < float(r["accuracy"]) <= 1 for r in front)  # the shipped supernet is trained
+    assert {"prune.stage0", "quant.stem", "quant.head"} <= set(front[0])  # architecture x pruning x quantization
 
 
 @requires(BENCH / "nb201.csv.gz")

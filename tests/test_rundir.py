@@ -103,7 +103,7 @@ def test_a_run_killed_before_its_first_candidate_is_taken_by_run_again(work):
 
 
 def test_a_folder_of_a_failed_start_is_reused_with_another_file(work):
-    """A folder whose run never stored a candidate holds nothing to lose: the corrected file may use it."""
+    """A folder whose run never stored a value holds nothing to lose: the corrected file may use it."""
     path = table_config(work)
     out = work / "run"
     subprocess.run([sys.executable, "-m", "hwnas.cli", "run", str(path), "--out", str(out), "--quiet"],
@@ -121,7 +121,8 @@ def test_run_name_with_a_path_stays_inside_runs(work):
     assert not any(p.name.startswith("escaped") for p in work.parent.parent.iterdir())
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:9", "auto"])
+# (not "auto": on a shared machine it joins whatever Ray another user started here)
+@pytest.mark.parametrize("address", ["127.0.0.1:9"])
 def test_unreachable_ray_cluster_fails_in_bounded_time_leaving_no_folder(work, capsys, checkpoint, address):
     import ray
 

@@ -1,0 +1,1 @@
+"""Example experiment files, shipped inside the package (``hwnas examples``)."""

@@ -1,0 +1,151 @@
+"""Mixed-precision quantization: per unit (stem, each block slot, head) fp32 or int8.
+
+Variables ``quant.stem``, ``quant.block<slot>``, ``quant.head`` (options
+``space.quantization.precisions``, default int8, fp32). A candidate with int8 units
+deploys as onnxruntime's static QDQ model (:func:`hwnas.devices.onnx.quantize_int8`:
+per-channel int8 weights, activation ranges calibrated on the BatchNorm calibration
+images) with only the int8 units' ONNX nodes quantized. :class:`QuantizedModel` is that
+deployed form as a torch module: ``forward`` runs the int8 model in onnxruntime (so
+accuracy is the real int8 model's, not a simulation), and :func:`hwnas.devices.onnx.to_onnx`
+returns its QDQ bytes, so the onnxruntime backend times and ``hwnas export`` ships it.
+
+Only int8 is offered: onnxruntime's CPU provider has no int4 convolution kernel (its 4-bit
+kernels are for MatMul weights), and fp16 runs no faster than fp32 on its CPU provider.
+Whether int8 is faster for a block is measured, never assumed (it is slower around
+hard-swish and squeeze-excite on MobileNetV3: the search keeps those blocks fp32).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from hwnas.space import Choice
+
+from . import DIMENSIONS, Dimension, Options, Unit
+
+PRECISIONS = ("int8", "fp32")  # fewest bits first: the first option is the smallest network
+# Activation ranges are calibrated on at most this many of the calibration images: onnxruntime's
+# calibration pass costs ~10 ms per image here, and min-max ranges settle within a few batches.
+QUANT_CALIB_IMAGES = 128
+WHY_NOT = {"int4": "onnxruntime's CPU provider has no int4 convolution kernel",
+           "fp16": "onnxruntime's CPU provider runs fp16 convolutions no faster than fp32",
+           "bf16": "onnxruntime's CPU provider has no bf16 convolution kernel"}
+
+
+class QuantizationOptions(Options):
+    precisions: List[str] = Field(default=list(PRECISIONS), min_length=1)
+
+    @field_validator("precisions")
+    @classmethod
+    def _known(cls, value):
+        for p in value:
+            if p not in PRECISIONS:
+                reason = f" ({WHY_NOT[p]})" if p in WHY_NOT else ""
+                raise ValueError(f"precision {p!r} is not offered{reason}; allowed: {', '.join(PRECISIONS)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a precision is listed twice: {value}")
+        return [p for p in PRECISIONS if p in value]
+
+
+def onnx_scope(path: str) -> str:
+    """The ONNX node-name prefix of a module path (torch's exporter names nodes by module scope).
+
+    ``blocks.3`` -> ``/blocks/blocks.3/``: a numbered child of a container is ``<container>.<i>``.
+    """
+    parts: List[str] = []
+    for p in path.split("."):
+        parts.append(f"{parts[-1].split('/')[-1]}.{p}" if p.isdigit() and parts else p)
+    return "/" + "/".join(parts) + "/"
+
+
+class QuantizedModel(nn.Module):
+    """A candidate whose ``int8_paths`` modules run in int8 (onnxruntime QDQ); the rest fp32.
+
+    ``model``: the fp32 torch module (pruned and BatchNorm-recalibrated) the QDQ model is made
+    from; ``calibration``: the input batches that set the activation ranges. The ONNX bytes
+    and the onnxruntime session are built on first use and kept.
+    """
+
+    def __init__(self, model: nn.Module, int8_paths: Sequence[str], calibration: Sequence[torch.Tensor]):
+        super().__init__()
+        self.model = model.eval()
+        self.int8_paths = tuple(int8_paths)
+        self.calibration = list(calibration)
+        self._onnx: Optional[bytes] = None
+        self._session = None
+
+    def deployed_onnx(self, example: Optional[torch.Tensor] = None) -> bytes:
+        """The QDQ ONNX model (dynamic batch; any batch size runs it)."""
+        from hwnas.devices.onnx import quantize_int8, to_onnx
+        import onnx
+
+        if self._onnx is None:
+            fp32 = to_onnx(self.model, self.calibration[0][:1], dynamic_batch=True)
+            names = [n.name for n in onnx.load_from_string(fp32).graph.node]
+            scopes = [onnx_scope(p) for p in self.int8_paths]
+            nodes = [n for n in names if n.startswith(tuple(scopes))]
+            missing = [p for p, s in zip(self.int8_paths, scopes) if not any(n.startswith(s) for n in names)]
+            if missing:
+                raise RuntimeError(f"no ONNX nodes for int8 modules {missing} (exporter naming changed?)")
+            self._onnx = quantize_int8(fp32, self.calibration, nodes_to_quantize=nodes)
+        return self._onnx
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from hwnas.devices.onnx import run, session
+
+        if self._session is None:
+            self._session = session(self.deployed_onnx(), threads=1)
+        return torch.from_numpy(run(self._session, x))
+
+    def __getstate__(self):  # sessions do not pickle; the bytes rebuild them
+        state = self.__dict__.copy()
+        state["_session"] = None
+        return state
+
+
+@DIMENSIONS.register("quantization")
+class Quantization(Dimension):
+    name = "quantization"
+    prefix = "quant"
+    Options = QuantizationOptions
+
+    def unsupported(self, supernet):
+        if not hasattr(supernet, "compression_units"):
+            return f"supernet {supernet.registry_name!r} names no quantization units (elastic_mbv3, " \
+                   f"ofa_mbv3_w1, elastic_resnet do)"
+        return None
+
+    def unit_names(self, supernet) -> List[str]:
+        return supernet.compression_unit_names()
+
+    def variables(self, supernet) -> List[Choice]:
+        return [Choice(self.key(u), tuple(self.options.precisions)) for u in self.unit_names(supernet)]
+
+    def precision(self, unit: Unit, values: Dict[str, Any]) -> str:
+        return values.get(self.key(unit.name), "fp32")
+
+    def deploy(self, model: nn.Module, values: Dict[str, Any], units: Sequence[Unit], calibration):
+        paths = [p for u in units if self.precision(u, values) == "int8" for p in u.paths]
+        if not paths:
+            return model
+        images = torch.cat(list(calibration))[:QUANT_CALIB_IMAGES]
+        return QuantizedModel(model, paths, list(images.split(32)))
+
+    def features(self, space, genomes) -> np.ndarray:
+        int8 = np.asarray(genomes) == 0  # PRECISIONS order: int8 first
+        if space.variables and space.variables[0].options[0] != "int8":
+            int8 = np.zeros_like(int8)
+        return np.hstack([int8, int8.mean(1, keepdims=True)]).astype(np.float32)
+
+    def cost_key(self, unit: Unit, values: Dict[str, Any]) -> str:
+        return "_int8" if self.precision(unit, values) == "int8" else ""
+
+    def describe(self, values: Dict[str, Any], units: Sequence[Unit]) -> str:
+        int8 = [u.name.replace("block", "b") for u in units if self.precision(u, values) == "int8"]
+        return f"int8={','.join(int8)}" if int8 else ""
