@@ -43,6 +43,9 @@ def _execute(cfg, run_dir: Path, quiet: bool, generations: Optional[int] = None)
     best = ", ".join(f"{m.key}{' (estimated)' if m.key in run.estimated else ''} "
                      f"{min(c.value(m.key) for c in front):.4g}–{max(c.value(m.key) for c in front):.4g}"
                      for m in run.metrics if m.goal) if front else "no feasible candidate"
+    if not front and cfg.budgets:
+        print(f"warning: no evaluated candidate meets {', '.join(b.text for b in cfg.budgets)}; the front is empty "
+              f"(front.csv has the header only). Loosen the budgets or search longer.", file=sys.stderr)
     print(f"Searched {cfg.name} with {cfg.strategy.name}: {summary.n_candidates} distinct candidates evaluated "
           f"in {summary.wall_time_s:.1f} s; {summary.n_front} on the Pareto front "
           f"({'within ' + ', '.join(b.text for b in cfg.budgets) if cfg.budgets else 'no budgets'}) spanning "
@@ -87,7 +90,7 @@ def cmd_resume(args) -> int:
 def cmd_validate(args) -> int:
     cfg, run_dir = _checked(args)
     print(f"{args.config}: valid ({cfg.name}: {len(cfg.objectives)} objectives, {len(cfg.budgets)} budgets, "
-          f"{cfg.strategy.name} x {cfg.strategy.generations} generations; run folder {run_dir})")
+          f"{cfg.strategy.name}, {cfg.strategy.budget} evaluations; run folder {run_dir})")
     return 0
 
 

@@ -19,7 +19,7 @@ from .errors import ConfigError, HwnasError
 METRICS = ("accuracy", "latency_ms", "energy_mJ", "power_W", "params", "flops")
 COST_METRICS = ("latency_ms", "energy_mJ", "power_W")  # depend on a device
 DIMENSIONS = ("architecture", "pruning", "quantization")
-STRATEGIES = ("nsga2", "random")
+STRATEGIES = ("nsga2", "random", "optuna", "linas")
 BACKENDS = ("torch-cpu",)
 TABULAR_SPACES = ("nb201", "fbnet", "ofa_mbv3")
 #: data -> the accuracy column of a benchmark table (NB201 has all three; FBNet and OFA tables none).
@@ -49,6 +49,9 @@ class SpaceConfig(_Model):
     table: Optional[str] = None
     tabular_space: Optional[Literal["nb201", "fbnet", "ofa_mbv3"]] = None
     dimensions: List[str] = ["architecture"]
+    # NB201 cells whose output is not connected to the input (341 of 15625: chance accuracy,
+    # near-zero latency) are never evaluated ("exclude"), or searched like any other ("include").
+    degenerate: Literal["exclude", "include"] = "exclude"
 
     @model_validator(mode="after")
     def _one_kind(self):
@@ -104,13 +107,42 @@ class ObjectiveConfig(_Model):
     device: Optional[str] = None
 
 
+class OperatorConfig(_Model):
+    """pymoo's SBX crossover / polynomial mutation: distribution index, probability, per-gene probability."""
+
+    eta: float = Field(gt=0, le=1000)
+    prob: float = Field(default=1.0, ge=0, le=1)
+    prob_var: Optional[float] = Field(default=None, ge=0, le=1)  # None: pymoo's default (0.5 SBX, 1/genes PM)
+
+
 class StrategyConfig(_Model):
-    name: Literal["nsga2", "random"] = "nsga2"
+    name: Literal["nsga2", "random", "optuna", "linas"] = "nsga2"
     population: int = Field(default=24, ge=2, le=100000)
     generations: int = Field(default=10, ge=1, le=100000)
+    # The budget: distinct candidates evaluated (each measured where the file says measured;
+    # predictions a strategy screens with are free). Default: population x generations.
+    evaluations: Optional[int] = Field(default=None, ge=1, le=10000000)
     seed: int = Field(default=0, ge=0)
-    # Candidates measured before the search to fit the predictors of predicted objectives.
+    # Candidates measured before the search to fit the predictors of predicted objectives;
+    # linas: at most this many random candidates start it (and at most a fifth of the budget).
     initial_samples: int = Field(default=40, ge=4, le=100000)
+    # NSGA-II's operators (nsga2, and linas's search on the predictions).
+    crossover: OperatorConfig = OperatorConfig(eta=15, prob=0.9)
+    mutation: OperatorConfig = OperatorConfig(eta=20)
+    # optuna: which of its samplers.
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    # linas: candidates measured per round, and NSGA-II's population and generations on the predictions.
+    linas_batch: int = Field(default=10, ge=1, le=100000)
+    linas_population: int = Field(default=100, ge=4, le=100000)
+    linas_generations: int = Field(default=4, ge=1, le=10000)
+    # linas picks by predicted value minus this many standard deviations of the surrogate's trees.
+    linas_optimism: float = Field(default=0.5, ge=0, le=10)
+    # A run folder whose measured candidates this run starts from (not counted against the budget).
+    warm_start: Optional[str] = None
+
+    @property
+    def budget(self) -> int:
+        return self.evaluations if self.evaluations is not None else self.population * self.generations
 
 
 class ExecutorConfig(_Model):
@@ -590,6 +622,10 @@ def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
         _check_data(cfg, path, spec)
     elif not Path(cfg.space.table).is_file():
         raise ConfigError(path, "space.table", f"no such file {cfg.space.table!r}")
+    warm = cfg.strategy.warm_start
+    if warm is not None and not ((Path(warm) / "results.sqlite").is_file() and (Path(warm) / "config.yaml").is_file()):
+        raise ConfigError(path, "strategy.warm_start", f"{warm!r} is not a run folder (needs config.yaml and "
+                                                       "results.sqlite)")
 
 
 def data_spec(cfg: ExperimentConfig):

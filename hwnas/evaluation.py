@@ -153,8 +153,8 @@ class SupernetMeasureTask:
 def objective_matrix(values: List[Dict[str, float]], metrics: Sequence[Metric]) -> np.ndarray:
     """Rows of effective values -> the matrix pymoo minimises (objectives only)."""
     objectives = [m for m in metrics if m.goal]
-    return np.array([[row[m.key] * m.sign for m in objectives] for row in values], dtype=float).reshape(
-        len(values), len(objectives))
+    return np.array([[np.nan if row[m.key] is None else row[m.key] * m.sign for m in objectives] for row in values],
+                    dtype=float).reshape(len(values), len(objectives))  # NaN: unknown
 
 
 def budget_slack(values: List[Dict[str, float]], cfg: ExperimentConfig) -> np.ndarray:
@@ -162,7 +162,7 @@ def budget_slack(values: List[Dict[str, float]], cfg: ExperimentConfig) -> np.nd
     cols = []
     for b in cfg.budgets:
         key = canonical_key(cfg, b.metric)
-        v = np.array([row[key] for row in values], dtype=float)
+        v = np.array([np.nan if row[key] is None else row[key] for row in values], dtype=float)  # NaN: unknown
         slack = (v - b.value) if b.op == "<=" else (b.value - v)
         cols.append(slack / abs(b.value))
     return np.stack(cols, axis=1) if cols else np.zeros((len(values), 0))

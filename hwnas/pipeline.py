@@ -25,6 +25,7 @@ from .store import Candidate, ResultsStore
 
 # Re-measuring a front whose predictions were optimistic can pull in new members; cap the rounds.
 MAX_FRONT_ROUNDS = 20
+WARM_GENERATION = -2  # candidates copied from strategy.warm_start's run
 
 
 @dataclass
@@ -266,32 +267,34 @@ class Experiment:
         genomes, seen = [], set()
         # Include the extremes: predictors extrapolate badly beyond what they saw.
         for g in [self.space.smallest(), self.space.largest()]:
-            genomes.append(g)
-            seen.add(self.space.key(g))
+            if not self.space_backend.excluded(g[None])[0]:
+                genomes.append(g)
+                seen.add(self.space.key(g))
         while len(genomes) < n:
             g = self.space.sample(rng, 1)[0]
-            if self.space.key(g) not in seen:
+            if self.space.key(g) not in seen and not self.space_backend.excluded(g[None])[0]:
                 seen.add(self.space.key(g))
                 genomes.append(g)
         return np.array(genomes[:n], dtype=int)
 
     def run(self) -> RunSummary:
-        from hwnas.search import STRATEGIES, ExperimentProblem
+        from hwnas.search import SearchLoop, create_strategy
 
         start = time.time()
         self.store.set_meta("status", "running")
         if self.store.get_meta(DEFAULT_BACKEND_META) is None:  # candidates stored without it: an older run
             self.store.set_meta(DEFAULT_BACKEND_META, OLD_DEFAULT_BACKEND if self._candidates
                                 else DeviceConfig.model_fields["backend"].default)
+        self._warm_start()
         init = self.initial_samples()
         if len(init):
             self.evaluate(init, generation=0, sources=self._all_measured())
             self.store.record_generation(0)
-        problem = ExperimentProblem(self.space.upper, n_obj=sum(1 for m in self.metrics if m.goal),
-                                    n_constr=len(self.cfg.budgets), evaluate_batch=self.evaluate)
         s = self.cfg.strategy
-        STRATEGIES.create(s.name, problem=problem, population=s.population, generations=self.generations,
-                          seed=s.seed, on_generation=self.store.record_generation)
+        batch = self.cfg.executor.workers if self.cfg.executor.kind == "ray" else 1
+        loop = SearchLoop(ExperimentEvaluator(self), budget=self.budget, seed=s.seed, batch=batch,
+                          on_generation=self.store.record_generation)
+        create_strategy(s).run(loop)
         front = self.final_front()
         self.store.set_meta("status", "finished")
         wall = time.time() - start + float(self.store.get_meta("wall_time_s", 0.0))
@@ -317,6 +320,35 @@ class Experiment:
                              f"{_resolve_checkpoint(self.cfg)} now has {sha[:12]}...; restore that checkpoint "
                              f"or start a new run")
 
+    def _warm_start(self) -> None:
+        """Copy the measured candidates of ``strategy.warm_start`` into this store (once; generation -2).
+
+        They are answered from the store like any other, never measured again, and do not
+        count against this run's budget of evaluations.
+        """
+        source = self.cfg.strategy.warm_start
+        if source is None or self.store.get_meta("warm_start") is not None:
+            return
+        other_cfg = load_run_config(Path(source))
+        if other_cfg.space != self.cfg.space:
+            raise HwnasError(f"strategy.warm_start: {source} searched another space; it must have the same 'space'")
+        other = ResultsStore(Path(source) / STORE_NAME)
+        try:
+            keys = {m.key for m in self.metrics}
+            n = 0
+            for cand in other.candidates():
+                values = {k: v for k, v in cand.measured.items() if k in keys}
+                if not values or cand.key in self._candidates:
+                    continue
+                cid = self.store.add_candidate(cand.key, cand.genome, cand.config, WARM_GENERATION)
+                self.store.record(cid, values, "measured", cand.wall_time_s)
+                self._candidates[cand.key] = Candidate(cid, cand.key, list(cand.genome), cand.config,
+                                                       WARM_GENERATION, measured=dict(values))
+                n += 1
+        finally:
+            other.close()
+        self.store.set_meta("warm_start", {"run": str(source), "candidates": n})
+
     def continue_for(self, generations: int) -> None:
         """Let a finished run go on to ``generations`` in all (more than it has)."""
         if generations <= self.generations:
@@ -328,12 +360,19 @@ class Experiment:
 
     def expected_evaluations(self) -> int:
         """Candidates the run evaluates at most (for progress bars): initial samples, then the strategy's."""
-        s = self.cfg.strategy
-        return s.population * self.generations + len(self.initial_samples())
+        return self.budget + len(self.initial_samples())
 
     @property
     def finished(self) -> bool:
         return self.store.get_meta("status") == "finished"
+
+    @property
+    def budget(self) -> int:
+        """Distinct candidates the strategy may evaluate: ``evaluations``, else population x generations
+        (the generations of a continued run: 'hwnas resume --generations N')."""
+        s = self.cfg.strategy
+        return s.evaluations if s.evaluations is not None else s.population * self.generations
+
 
     def final_front(self) -> List[Candidate]:
         """The feasible non-dominated candidates; with ``measure_front``, all of them measured.
@@ -385,9 +424,49 @@ def front_of(candidates: Sequence[Candidate], metrics: Sequence[Metric], cfg: Ex
     if not cands:
         return []
     F = objective_matrix([effective(c) for c in cands], metrics)
-    # One row per distinct objective vector: ties are the same point of the front.
-    idx = sorted(nondominated(F), key=lambda i: tuple(F[i]))
-    return [cands[i] for i in idx]
+    # One row per distinct objective vector: ties are the same point of the front (the first found kept).
+    idx = sorted(nondominated(F), key=lambda i: (tuple(F[i]), cands[i].id))
+    distinct = [i for n, i in enumerate(idx) if n == 0 or tuple(F[i]) != tuple(F[idx[n - 1]])]
+    return [cands[i] for i in distinct]
+
+
+class ExperimentEvaluator:
+    """The search loop's view of an :class:`Experiment` (``hwnas.search.Evaluator``).
+
+    ``measure`` is ``Experiment.evaluate`` with the sources the file gives; ``front`` and
+    ``final_front`` are the experiment's. Stored candidates are answered from the store, so
+    a resumed run replays its strategy without evaluating anything twice.
+    """
+
+    def __init__(self, exp: Experiment):
+        self.exp = exp
+        self.space = exp.space
+        self.n_obj = sum(1 for m in exp.metrics if m.goal)
+        self.n_constr = len(exp.cfg.budgets)
+
+    def canonical(self, genomes):
+        return self.exp.space_backend.canonical(np.asarray(genomes, dtype=int))
+
+    def excluded(self, genomes):
+        return self.exp.space_backend.excluded(np.asarray(genomes, dtype=int))
+
+    def measure(self, genomes, generation):
+        return self.exp.evaluate(genomes, generation)
+
+    def features(self, genomes):
+        return self.exp.space_backend.features(np.asarray(genomes, dtype=int))
+
+    def warm(self):
+        cands = [c for c in self.exp.store.candidates() if c.generation == WARM_GENERATION]
+        rows = [self.exp._effective(c) for c in cands]
+        X = np.array([c.genome for c in cands], dtype=int).reshape(len(cands), self.space.n_var)
+        return X, objective_matrix(rows, self.exp.metrics), budget_slack(rows, self.exp.cfg)
+
+    def front(self):
+        return self.exp.front()
+
+    def final_front(self):
+        return self.exp.final_front()
 
 
 class SupernetSpace:
@@ -431,6 +510,14 @@ class SupernetSpace:
 
     def canonical(self, genomes: np.ndarray) -> np.ndarray:
         return genomes
+
+    def excluded(self, genomes: np.ndarray) -> np.ndarray:
+        return np.zeros(len(genomes), dtype=bool)
+
+    def features(self, genomes: np.ndarray) -> np.ndarray:
+        from hwnas.predictors.features import predictor_features
+
+        return predictor_features(self.space)(genomes)
 
     def decode(self, genome) -> Dict:
         return self.space.decode(genome)
@@ -492,6 +579,22 @@ class TableSpace:
         self.accuracy_column = self.ACCURACY_COLUMNS.get(cfg.data)
         self.complete = len(self.bench) >= self.space.size
         self.device_space = device_space_name(cfg)
+        self.exclude_degenerate = cfg.space.degenerate == "exclude"
+
+    def degenerate(self, genomes: np.ndarray) -> np.ndarray:
+        """NB201 cells whose output is not connected to the input: chance accuracy at near-zero latency."""
+        if self.bench.name != "nb201":
+            return np.zeros(len(genomes), dtype=bool)
+        from .tabular import Nb201Space
+
+        return ~Nb201Space.live_edges(np.atleast_2d(genomes)).any(axis=1)
+
+    def excluded(self, genomes: np.ndarray) -> np.ndarray:
+        return self.degenerate(genomes) if self.exclude_degenerate else np.zeros(len(genomes), dtype=bool)
+
+    def features(self, genomes: np.ndarray) -> np.ndarray:
+        return self.bench.features(genomes)
+
 
     def canonical(self, genomes: np.ndarray) -> np.ndarray:
         if self.complete:
@@ -518,25 +621,22 @@ class TableSpace:
         raise HwnasError(f"metric {m.metric!r} is not available on tabular space {self.bench.name!r}")
 
     def _values(self, genomes: np.ndarray, keys) -> Dict[str, np.ndarray]:
-        out = {}
-        for k in keys:
-            v = self._column(self.metrics[k], genomes)
-            # A missing table value can never be on the front: the worst possible value.
-            out[k] = np.where(np.isfinite(v), v, 0.0 if self.metrics[k].goal == "max" else np.inf)
-        return out
+        return {k: self._column(self.metrics[k], genomes) for k in keys}  # NaN: the table has no value
 
     def measure(self, requests):
+        """Table values; one the table lacks is left out: unknown, never a made-up measurement."""
         genomes = np.array([self.bench.arch_to_genome(config["arch"]) for config, _ in requests])
         columns = self._values(genomes, sorted({k for _, ks in requests for k in ks}))
         for i, (_, wanted) in enumerate(requests):
-            yield {k: float(columns[k][i]) for k in wanted}, 0.0
+            yield {k: float(columns[k][i]) for k in wanted if np.isfinite(columns[k][i])}, 0.0
 
     def exhaustive(self):
-        """Every architecture's values (complete tables only): the true front to compare with."""
+        """Every architecture with all values known (complete tables only): the true front to compare with."""
         if not self.complete or not all(m.measurable for m in self.metrics.values()):
             return None  # energy and power are not in the table: no true front
         columns = self._values(self.bench.genomes, list(self.metrics))
-        return [dict(zip(columns, vals)) for vals in zip(*columns.values())]
+        keep = np.all([np.isfinite(v) for v in columns.values()], axis=0) & ~self.excluded(self.bench.genomes)
+        return [dict(zip(columns, vals)) for vals, ok in zip(zip(*columns.values()), keep) if ok]
 
     def close(self):
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -32,60 +33,112 @@ def _rows(cands: Sequence[Candidate], metrics: Sequence[Metric], describe, estim
         row.update({name: value for name, value in c.config.items() if name not in row})
         for m in metrics:
             row[m.key] = c.value(m.key)
-            source = c.source(m.key)
+            source = c.source(m.key) or "unknown"  # no value: the table (or measurement) has none
             row[f"{m.key}_source"] = "estimated" if source == "predicted" and m.key in estimated else source
         row["eval_seconds"] = round(c.wall_time_s, 4)
         rows.append(row)
     return rows
 
 
-def write_csv(path: Path, rows: List[Dict]) -> None:
+def write_csv(path: Path, rows: List[Dict], fields: Sequence[str] = ()) -> None:
+    """Rows as CSV; with no rows, the header (``fields``) alone, so an empty front is still a valid file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        fields = list(rows[0]) if rows else list(fields)
+        if fields:
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
     tmp.replace(path)  # never leave a half-written view behind
 
 
-def hypervolume_history(exp) -> List[tuple]:
-    """(generation, candidates so far, HV) per finished generation.
+HV_NOTE = ("hypervolume: the fraction of the box between fixed bounds per objective that the front dominates "
+           "(objectives scaled so the best bound is 0 and the worst 1, clipped, reference point the worst bounds), "
+           "in [0, 1]; the bounds are stored in the run")
 
-    Objectives are normalised by the ideal and nadir of the feasible candidates of the
-    whole run (reference point 1.1), so the curve is comparable across generations.
+
+def hv_bounds(exp) -> Dict[str, List[float]]:
+    """Per objective ``[best, worst]`` (its own units), fixed once per run and stored in its meta.
+
+    A table space: the range of the feasible architectures of the whole table. Otherwise
+    accuracy [1, 0]; a cost [0, its budget], or [0, the largest feasible value of the run]
+    without a budget (a maximised metric other than accuracy: [largest, 0]).
     """
-    from hwnas.search import nondominated, normalized_hypervolume
+    stored = exp.store.get_meta("hv_bounds")
+    if stored is not None:
+        return stored
+    objectives = [m for m in exp.metrics if m.goal]
+    every = exp.space_backend.exhaustive()
+    rows = [r for r in every if (budget_slack([r], exp.cfg) <= 0).all()] if every else []
+    if not rows:
+        rows = [exp._effective(c) for c in exp.store.candidates()]
+        rows = [r for r in rows if all(r[m.key] is not None for m in exp.metrics)
+                and (budget_slack([r], exp.cfg) <= 0).all()]
+    bounds = {}
+    for m in objectives:
+        values = [r[m.key] for r in rows]
+        if every and values:
+            lo, hi = min(values), max(values)
+            bounds[m.key] = [hi, lo] if m.goal == "max" else [lo, hi]
+            continue
+        if m.metric == "accuracy":
+            bounds[m.key] = [1.0, 0.0]
+            continue
+        limits = [b.value for b in exp.cfg.budgets if canonical_key(exp.cfg, b.metric) == m.key and b.op == "<="]
+        top = min(limits) if limits and m.goal == "min" else (max(values) if values else 1.0)
+        bounds[m.key] = [top, 0.0] if m.goal == "max" else [0.0, top]
+    if rows:  # only once something could fix them
+        exp.store.set_meta("hv_bounds", bounds)
+    return bounds
+
+
+def hypervolume_history(exp) -> List[tuple]:
+    """(generation, candidates so far, HV in [0, 1], HV ratio to the exhaustive front or None) per generation.
+
+    HV by the run's fixed bounds (:func:`hv_bounds`); the ratio (table spaces) normalises by
+    the exhaustive front's ideal and nadir, reference 1.1, as benchmarks/search_nb201.py does.
+    """
+    from hwnas.search import bounded_hypervolume, hv_ratio, nondominated
 
     cands = [c for c in exp.store.candidates() if all(c.value(m.key) is not None for m in exp.metrics)]
+    gens = np.array([c.generation for c in cands])
+    finished = exp.store.finished_generations()
     if not cands:
-        return []
+        return [(g, 0, 0.0, None) for g in finished]
     rows = [exp._effective(c) for c in cands]
     feasible = (budget_slack(rows, exp.cfg) <= 0).all(axis=1)
     F = objective_matrix(rows, exp.metrics)
-    gens = np.array([c.generation for c in cands])
-    if not feasible.any():
-        return [(g, int((gens <= g).sum()), 0.0) for g in exp.store.finished_generations()]
-    ideal, nadir = F[feasible].min(axis=0), F[feasible].max(axis=0)
+    bounds = hv_bounds(exp)
+    objectives = [m for m in exp.metrics if m.goal]
+    ideal = np.array([bounds[m.key][0] * m.sign for m in objectives])
+    nadir = np.array([bounds[m.key][1] * m.sign for m in objectives])
+    F_true = _exhaustive_objectives(exp)
     history = []
-    for g in exp.store.finished_generations():
+    for g in finished:
         mask = feasible & (gens >= 0) & (gens <= g)
         front = F[mask][nondominated(F[mask])] if mask.any() else F[:0]
-        history.append((g, int(((gens >= 0) & (gens <= g)).sum()), normalized_hypervolume(front, ideal, nadir)))
+        ratio = hv_ratio(front, F_true) if F_true is not None and len(front) else (0.0 if F_true is not None else None)
+        history.append((g, int(((gens >= 0) & (gens <= g)).sum()), bounded_hypervolume(front, ideal, nadir), ratio))
     return history
 
 
-def hypervolume_vs_exhaustive(exp, front: Sequence[Candidate]):
-    """HV(found front) / HV(true front) where the space can be enumerated (complete tables)."""
-    from hwnas.search import hv_ratio
-
+def _exhaustive_objectives(exp):
     every = exp.space_backend.exhaustive()
-    if not every or not front:
+    if not every:
         return None
     feasible = (budget_slack(every, exp.cfg) <= 0).all(axis=1)
     if not feasible.any():
         return None
-    F_true = objective_matrix([r for r, ok in zip(every, feasible) if ok], exp.metrics)
+    return objective_matrix([r for r, ok in zip(every, feasible) if ok], exp.metrics)
+
+
+def hypervolume_vs_exhaustive(exp, front: Sequence[Candidate]):
+    """HV(found front) / HV(true front) where the space can be enumerated (complete tables), in [0, 1]."""
+    from hwnas.search import hv_ratio
+
+    F_true = _exhaustive_objectives(exp)
+    if F_true is None or not front:
+        return None
     F_found = objective_matrix([exp._effective(c) for c in front], exp.metrics)
     return hv_ratio(F_found, F_true)
 
@@ -166,10 +219,14 @@ def plot_hv(path: Path, history) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     if history:
-        g, _, hv = zip(*history)
-        ax.plot(g, hv, "-o")
+        g, _, hv, ratio = zip(*history)
+        ax.plot(g, hv, "-o", label="hypervolume (fixed bounds)")
+        if any(r is not None for r in ratio):
+            ax.plot(g, [np.nan if r is None else r for r in ratio], "-s", label="HV / HV(exhaustive front)")
+        ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel("generation (0 = initial samples)")
-    ax.set_ylabel("hypervolume (normalised, ref 1.1)")
+    ax.set_ylabel("in [0, 1]")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -189,15 +246,17 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     run_dir, cfg = exp.run_dir, exp.cfg
     cands = exp.store.candidates()
     estimated = exp.estimated_keys()
-    write_csv(run_dir / "candidates.csv", candidate_rows(exp))
+    rows = candidate_rows(exp)
+    write_csv(run_dir / "candidates.csv", rows)
     point("report-candidates")
     front_rows = candidate_rows(exp, front)
-    write_csv(run_dir / "front.csv", front_rows)
+    write_csv(run_dir / "front.csv", front_rows, fields=list(rows[0]) if rows else ())
     point("report-front")
     history = hypervolume_history(exp)
     hv_vs_true = hypervolume_vs_exhaustive(exp, front)
     plot_pareto(run_dir / "pareto.png", exp, front)
     plot_hv(run_dir / "hv.png", history)
+    write_hv_json(run_dir / "hv.json", exp, history, hv_vs_true)
     point("report-plots")
 
     keys = [m.key for m in exp.metrics]
@@ -218,8 +277,8 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         f"- devices: " + ", ".join(_device_text(d, exp.locations[d.name], cfg) for d in cfg.devices),
         f"- objectives: {objectives}",
         f"- budgets: {budgets}",
-        f"- strategy: {cfg.strategy.name}, population {cfg.strategy.population}, "
-        f"generations {cfg.strategy.generations}, seed {cfg.strategy.seed}; executor {cfg.executor.kind}",
+        f"- strategy: {strategy_text(cfg.strategy)}, budget {cfg.strategy.budget} evaluations, seed {cfg.strategy.seed}; "
+        f"executor {cfg.executor.kind}",
         f"- evaluated: {len(cands)} distinct candidates in {wall_time_s:.1f} s; "
         f"{len(front)} on the front (feasible and non-dominated; "
         + (f"measured: {', '.join(k for k in keys if k not in unmeasured)}" if len(unmeasured) < len(keys)
@@ -244,9 +303,15 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         vals = [f"{_fmt(r[k])}{marks.get(r[k + '_source'], ' (pred.)')}" for k in keys]
         arch = r["arch"].replace("|", "\\|")  # a table cell cannot hold a bare pipe
         lines.append(f"| {r['id']} | `{arch}` | " + " | ".join(vals) + " |")
+    if not front:
+        lines += ["", f"**No evaluated candidate meets the budgets ({budgets})**: the front is empty.", ""]
+    with_ratio = any(r is not None for *_, r in history)
     lines += ["", "![Pareto front](pareto.png)", "", "## Hypervolume per generation", "",
-              "| generation | candidates | hypervolume |", "|---|---|---|"]
-    lines += [f"| {g} | {n} | {hv:.4f} |" for g, n, hv in history]
+              f"{HV_NOTE}: " + ", ".join(f"{k} [{lo:.4g}, {hi:.4g}]" for k, (lo, hi) in hv_bounds(exp).items())
+              + (" (the range of the whole table)." if with_ratio else "."), "",
+              "| generation | candidates | hypervolume |" + (" HV / HV(exhaustive) |" if with_ratio else ""),
+              "|---|---|---|" + ("---|" if with_ratio else "")]
+    lines += [f"| {g} | {n} | {hv:.4f} |" + (f" {_fmt(r)} |" if with_ratio else "") for g, n, hv, r in history]
     lines += ["", "![Hypervolume](hv.png)", ""]
     if hv_vs_true is None and cfg.space.table is not None:
         lines += [f"No comparison with the exhaustive front: {exhaustive_obstacle(exp, front)}.", ""]
@@ -260,3 +325,22 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
     tmp.replace(path)
     point("report-written")
     return path
+
+
+def strategy_text(s) -> str:
+    if s.name == "optuna":
+        return f"optuna ({s.sampler} sampler)"
+    if s.name == "linas":
+        return f"linas (batch {s.linas_batch}, NSGA-II {s.linas_population} x {s.linas_generations} on predictions)"
+    return f"{s.name}, population {s.population}"
+
+
+def write_hv_json(path: Path, exp, history, hv_vs_true) -> None:
+    """The same hypervolume figures as report.md and hv.png, for scripts."""
+    doc = {"normalisation": HV_NOTE, "bounds": hv_bounds(exp),
+           "history": [{"generation": g, "candidates": n, "hypervolume": hv, "hv_ratio_vs_exhaustive": r}
+                       for g, n, hv, r in history],
+           "hv_ratio_vs_exhaustive": hv_vs_true}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)

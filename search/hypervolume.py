@@ -28,6 +28,22 @@ def normalized_hypervolume(F: np.ndarray, ideal: np.ndarray, nadir: np.ndarray,
     return float(HV(ref_point=np.full(F.shape[1], ref))(scaled))
 
 
+def bounded_hypervolume(F: np.ndarray, ideal: np.ndarray, nadir: np.ndarray) -> float:
+    """The fraction of the box between ``ideal`` and ``nadir`` (fixed bounds) that F dominates, in [0, 1].
+
+    Each objective is scaled so ideal -> 0 and nadir -> 1 and clipped to [0, 1]; the reference
+    point is the nadir (1, ..., 1), so a point beyond a bound adds nothing on that side.
+    """
+    F = np.asarray(F, dtype=float)
+    F = F[~np.isnan(F).any(axis=1)] if len(F) else F
+    if len(F) == 0:
+        return 0.0
+    ideal, nadir = np.asarray(ideal, dtype=float), np.asarray(nadir, dtype=float)
+    span = np.where(nadir - ideal > 0, nadir - ideal, 1.0)
+    scaled = np.clip((F - ideal) / span, 0.0, 1.0)
+    return float(min(1.0, HV(ref_point=np.ones(F.shape[1]))(scaled)))
+
+
 def hv_ratio(F_found: np.ndarray, F_true: np.ndarray, ref: float = 1.1) -> Optional[float]:
     """HV(found) / HV(true front), both normalised by the true front's ideal and nadir."""
     true_front = np.asarray(F_true, dtype=float)[nondominated(F_true)]

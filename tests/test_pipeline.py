@@ -243,3 +243,97 @@ def test_fmnist_experiment_at_reduced_size(tmp_path):
     front = read_csv(tmp_path / "run" / "front.csv")
     assert front and all(r["accuracy_source"] == "measured" for r in front)
     assert max(float(r["accuracy"]) for r in front) > 0.85  # the full-data supernet, not the mini one
+
+
+def nb201_experiment(tmp_path, name="nb201", **changes):
+    cfg = {
+        "name": name, "space": {"table": str(BENCH / "nb201.csv.gz"), "tabular_space": "nb201"},
+        "data": "cifar10", "devices": [{"name": "pixel3", "backend": "table"}],
+        "objectives": {"accuracy": "max", "latency_ms": "min"},
+        "strategy": {"name": "linas", "evaluations": 60, "seed": 0},
+    }
+    cfg.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@requires(BENCH / "nb201.csv.gz")
+@pytest.mark.parametrize("strategy", [{"name": "linas"}, {"name": "optuna", "sampler": "tpe"}, {"name": "nsga2"}])
+def test_a_budget_of_evaluations_is_distinct_measured_candidates(tmp_path, strategy):
+    from hwnas.tabular import Nb201Space
+
+    path = nb201_experiment(tmp_path, strategy={**strategy, "evaluations": 60, "seed": 0})
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    cands = read_csv(tmp_path / "run" / "candidates.csv")
+    assert len(cands) == 60 and len({c["arch"] for c in cands}) == 60
+    front = read_csv(tmp_path / "run" / "front.csv")
+    vectors = [(r["accuracy"], r["latency_ms"]) for r in front]
+    assert len(vectors) == len(set(vectors)) >= 3  # ties appear once
+    # degenerate cells (output not connected to the input) are excluded by default
+    from hwnas.tabular import TabularBenchmark
+
+    bench = TabularBenchmark.load("nb201", BENCH / "nb201.csv.gz")
+    G = np.array([bench.arch_to_genome(c["arch"]) for c in cands])
+    assert Nb201Space.live_edges(G).any(axis=1).all()
+    hv = json.loads((tmp_path / "run" / "hv.json").read_text())
+    assert all(0 <= h["hypervolume"] <= 1 and 0 <= h["hv_ratio_vs_exhaustive"] <= 1 for h in hv["history"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"{hv['history'][-1]['hypervolume']:.4f}" in report
+
+
+@requires(BENCH / "nb201.csv.gz")
+def test_a_budget_no_candidate_meets_ends_with_an_empty_valid_front(tmp_path, capsys):
+    path = nb201_experiment(tmp_path, budgets=["latency_ms <= 0.0001"],
+                            strategy={"name": "nsga2", "evaluations": 48, "seed": 0})
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "no evaluated candidate meets latency_ms <= 0.0001" in err
+    lines = (tmp_path / "run" / "front.csv").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("id,arch,")  # the header, no rows
+    assert "the front is empty" in (tmp_path / "run" / "report.md").read_text()
+
+
+@requires(BENCH / "nb201.csv.gz")
+def test_missing_table_values_are_unknown_never_inf(tmp_path):
+    """LatBench has no latency for the 341 disconnected NB201 cells: included, they stay unknown."""
+    path = nb201_experiment(tmp_path, devices=[{"name": "eagle_desktop_cpu_i7_7820x_fp32", "backend": "table"}],
+                            space={"table": str(BENCH / "nb201.csv.gz"), "tabular_space": "nb201",
+                                   "degenerate": "include"},
+                            strategy={"name": "random", "evaluations": 400, "seed": 1})
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    cands = read_csv(tmp_path / "run" / "candidates.csv")
+    unknown = [c for c in cands if c["latency_ms_source"] == "unknown"]
+    assert unknown and all(c["latency_ms"] == "" for c in unknown)
+    assert not any(c["latency_ms"] in ("inf", "nan") for c in cands)
+    front = read_csv(tmp_path / "run" / "front.csv")
+    assert front and all(r["latency_ms_source"] == "measured" for r in front)
+
+
+@requires(BENCH / "nb201.csv.gz")
+def test_warm_start_takes_an_earlier_runs_store_for_free(tmp_path):
+    first = nb201_experiment(tmp_path, name="first", strategy={"name": "random", "evaluations": 50, "seed": 3})
+    assert main(["run", str(first), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    second = nb201_experiment(tmp_path, name="second",
+                              strategy={"name": "linas", "evaluations": 30, "seed": 0, "warm_start": str(tmp_path / "a")})
+    assert main(["run", str(second), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    cands = read_csv(tmp_path / "b" / "candidates.csv")
+    warm = [c for c in cands if c["generation"] == "-2"]
+    assert len(warm) == 50 and len(cands) == 80  # 30 new ones measured, the 50 never again
+    bad = nb201_experiment(tmp_path, name="bad", strategy={"name": "linas", "warm_start": str(tmp_path / "nope")})
+    assert main(["validate", str(bad)]) == 2
+
+
+@requires(BENCH / "nb201.csv.gz")
+def test_operators_and_sampler_come_from_the_yaml(tmp_path, capsys):
+    good = nb201_experiment(tmp_path, name="ops", strategy={"name": "nsga2", "evaluations": 30,
+                                                            "crossover": {"eta": 5, "prob": 0.8, "prob_var": 0.3},
+                                                            "mutation": {"eta": 30}})
+    assert main(["validate", str(good)]) == 0
+    bad = nb201_experiment(tmp_path, name="bad-ops", strategy={"name": "nsga2", "crossover": {"eta": 0}})
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "strategy.crossover.eta" in err[0]
+    bad = nb201_experiment(tmp_path, name="bad-sampler", strategy={"name": "optuna", "sampler": "cmaes"})
+    assert main(["validate", str(bad)]) == 2
+    assert "strategy.sampler" in capsys.readouterr().err
