@@ -247,7 +247,7 @@ def keep_default_backend(cfg: ExperimentConfig, store: ResultsStore) -> Experime
     """Device blocks without a backend get the one their run began with (a store with candidates but
     no record of it is from before the onnxruntime default: torch-cpu)."""
     default = store.get_meta(DEFAULT_BACKEND_META)
-    if default is None and count_candidates(store.path) == 0:
+    if default is None and not store.candidates():
         return cfg
     default = default or OLD_DEFAULT_BACKEND
     devices = [d if "backend" in d.model_fields_set else d.model_copy(update={"backend": default})

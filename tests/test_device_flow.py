@@ -208,10 +208,11 @@ def test_resume_of_a_finished_run_changes_nothing_and_continuing_matches_a_longe
 
     assert main(["resume", str(short), "--generations", "6", "--quiet"]) == 0
     assert main(["run", str(exp("long", 6)), "--out", str(long), "--quiet"]) == 0
+    # The strategy replays exactly what the longer run saw, so both proposed the same candidates. (Their
+    # fronts may differ: the continued run also knows the accuracy its first front measured.)
     keys = lambda run: sorted(r["arch"] for r in read_csv(run / "candidates.csv"))  # noqa: E731
     assert keys(short) == keys(long)
-    front = lambda run: [(r["arch"], r["accuracy"], r["latency_ms"]) for r in read_csv(run / "front.csv")]  # noqa
-    assert front(short) == front(long)
+    assert all(r["accuracy_source"] == "measured" for r in read_csv(short / "front.csv"))
 
 
 # --------------------------------------------------------------------------- physical values
