@@ -61,6 +61,15 @@ def _checked(args):
 
     cfg = load_config(args.config)
     run_dir = plan_run_dir(cfg, Path(args.config), Path(args.out) if args.out else None)
+    if cfg.executor.kind == "ray" and cfg.executor.address:  # a cluster named in the file must answer (<= 30 s)
+        from .errors import ConfigError
+        from .executors import probe_ray
+
+        try:
+            probe_ray(cfg.executor.address)
+        except HwnasError as err:
+            raise ConfigError(args.config, "executor.address",
+                              str(err).removeprefix("executor.address: ")) from None
     return cfg, run_dir
 
 

@@ -17,19 +17,7 @@ import pytest
 import yaml
 
 from hwnas.cli import main
-from test_catalogue import SMALL, nb201_table, snapshot, work  # noqa: F401 - fixtures and helpers shared
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import torch
-
-    from hwnas import supernets
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    supernets.save_checkpoint(supernets.create("elastic_mbv3", **SMALL), path)
-    return path
+from test_catalogue import SMALL, checkpoint, nb201_table, snapshot, work  # noqa: F401 - fixtures and helpers shared
 
 
 def table_config(work: Path, **changes) -> Path:
@@ -133,13 +121,14 @@ def test_unreachable_ray_cluster_fails_in_bounded_time_leaving_no_folder(work, c
     path = work / "ray.yaml"
     path.write_text(yaml.safe_dump(cfg))
     before = snapshot(work)
-    start = time.time()
-    capsys.readouterr()
-    assert main(["run", str(path), "--out", str(work / "run"), "--quiet"]) == 2
-    assert time.time() - start < 45
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "executor.address" in err and "executor.kind: local" in err, err
-    assert snapshot(work) == before  # the folder made for the run was removed: nothing to block a rerun
+    for command in (["validate", str(path)], ["run", str(path), "--out", str(work / "run"), "--quiet"]):
+        start = time.time()
+        capsys.readouterr()
+        assert main(command) == 2  # validate probes the cluster too: valid means it will run
+        assert time.time() - start < 45
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "executor.address" in err and "executor.kind: local" in err, err
+        assert snapshot(work) == before  # no folder: nothing to block a rerun
 
 
 def test_devices_add_of_ten_thousand_samples_is_bounded(work, capsys):
