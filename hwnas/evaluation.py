@@ -48,11 +48,14 @@ def canonical_key(cfg: ExperimentConfig, key: str) -> str:
     return metric if len(cfg.devices) == 1 else f"{metric}@{name}"
 
 
-def experiment_metrics(cfg: ExperimentConfig) -> List[Metric]:
-    """Objectives first (in the file's order), then metrics that only budgets name."""
+def experiment_metrics(cfg: ExperimentConfig, locations: Optional[Dict] = None) -> List[Metric]:
+    """Objectives first (in the file's order), then metrics that only budgets name.
+
+    ``locations``: :func:`hwnas.config.device_locations` of ``cfg`` when the caller has them already.
+    """
     from .config import device_locations
 
-    here = {name: loc.here for name, loc in device_locations(cfg).items()}
+    here = {name: loc.here for name, loc in (locations or device_locations(cfg)).items()}
     out: Dict[str, Metric] = {}
 
     def measurable(metric: str, dev) -> bool:

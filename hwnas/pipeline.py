@@ -49,8 +49,8 @@ class Experiment:
         except HwnasError:
             self.store.close()
             raise
-        self.metrics: List[Metric] = experiment_metrics(cfg)
         self.locations = device_locations(cfg)  # device -> here (measured in this run) or external
+        self.metrics: List[Metric] = experiment_metrics(cfg, self.locations)
         self.space_backend = create_space_backend(cfg, self.metrics)
         self.space = self.space_backend.space
         self.predictors: Dict[str, object] = {}

@@ -10,6 +10,7 @@ from hwnas.devices import registry
 from hwnas.devices.predictors import POSITIVE_KNEE, cost_model, soft_floor
 from hwnas.devices.spaces import device_space
 from hwnas.predictors.fewshot import artifact_path
+from test_devices import write_csv  # noqa: E402 - the shared helper
 
 TABULAR = ("nb201", "fbnet", "ofa_mbv3")
 needs_artifacts = pytest.mark.skipif(not all(artifact_path(s).is_file() for s in TABULAR),
@@ -20,14 +21,6 @@ needs_artifacts = pytest.mark.skipif(not all(artifact_path(s).is_file() for s in
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "hwnas"))
     return tmp_path / "hwnas" / "devices"
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def sweep_genomes(space):
