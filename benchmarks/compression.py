@@ -184,7 +184,7 @@ def main() -> None:
         f"{ratio(mbv3_fig, 'fp32', 'pruned to half, fp32'):.2f}x | ≥ 1.5x |",
     ])
     body = "\n\n".join([
-        "onnxruntime CPU, 1 thread, batch 32, static QDQ int8 (per-channel weights, min-max activations on "
+        "onnxruntime CPU, 1 thread, batch 32, static QDQ int8 after onnxruntime's quant_pre_process (per-channel int8 weights, uint8 min-max activations on "
         f"{128} calibration images), pruning = per-stage keep ratio of each block's inner channels (L1-ranked, "
         "BN recalibrated on 500 training images). Latency: minimum of interleaved rounds, the models of a "
         "table timed side by side.",

@@ -73,27 +73,45 @@ class _Batches:
 
 
 def quantize_int8(onnx_bytes: bytes, calibration: Sequence[torch.Tensor],
-                  nodes_to_exclude: Optional[Sequence[str]] = None,
-                  nodes_to_quantize: Optional[Sequence[str]] = None) -> bytes:
-    """Static QDQ int8 (per-channel weights, MinMax-calibrated activations) of an fp32 ONNX model.
+                  scopes: Optional[Sequence[str]] = None) -> bytes:
+    """Static QDQ int8 (per-channel int8 weights, MinMax-calibrated uint8 activations) of an fp32 ONNX model.
 
-    ``nodes_to_exclude`` / ``nodes_to_quantize``: ONNX node names, for mixed precision (the
-    rest stays fp32). ``calibration``: input batches whose activation ranges set the scales.
+    ``scopes``: ONNX node-name prefixes (module scopes, :func:`hwnas.dimensions.quantization.onnx_scope`)
+    of the nodes to quantize, for mixed precision (the rest stays fp32); ``None`` quantizes every node.
+    ``calibration``: input batches whose activation ranges set the scales.
+
+    Two settings decide whether int8 is fast in onnxruntime's CPU kernels, measured here (elastic
+    ResNet and MobileNetV3, benchmarks/compression.py): the model is pre-processed first
+    (onnxruntime's ``quant_pre_process``: shape inference and graph optimisation, so every bias is an
+    initializer and Conv/Add can take the fused QLinear kernels), and activations are uint8 (U8S8, the
+    x86 kernels' native form; int8 activations left a third of the convolutions in fp32 between
+    Quantize/Dequantize pairs). Accuracy of the result is always measured on this model itself.
     """
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not calibration:
         raise HwnasError("int8 quantization needs calibration images (accuracy_eval.calib_images > 0)")
     with tempfile.TemporaryDirectory(prefix="hwnas-qdq-") as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(onnx_bytes)
         root = logging.getLogger()
         level, root.level = root.level, logging.ERROR  # onnxruntime logs advice on the root logger
         try:
-            quantize_static(str(src), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=list(nodes_to_exclude or []) or None,
-                            nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize else None)
+            quant_pre_process(str(src), str(pre))
+            nodes = None
+            if scopes is not None:
+                names = [n.name for n in onnx.load(str(pre)).graph.node]
+                missing = [s for s in scopes if not any(n.startswith(s) for n in names)]
+                if missing:
+                    raise RuntimeError(f"no ONNX nodes for int8 modules {missing} (exporter naming changed?)")
+                nodes = [n for n in names if n.startswith(tuple(scopes))]
+            quantize_static(str(pre), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_quantize=nodes)
+        except RuntimeError:
+            raise
         except Exception as err:
             raise HwnasError(f"onnxruntime int8 quantization failed: {err}".splitlines()[0]) from None
         finally:

@@ -26,11 +26,11 @@ ConfigSource = Union[str, Path, Dict, ExperimentConfig]
 
 
 def load_config(source: Union[str, Path, Dict]) -> ExperimentConfig:
-    """Validate an experiment from a YAML file or a dict of the same keys (relative paths from the
-    current directory); any problem raises :class:`hwnas.errors.ConfigError`, one line."""
+    """Validate an experiment from a YAML file (relative paths from its folder) or a dict of the same
+    keys (relative paths from the current directory); any problem raises :class:`hwnas.errors.ConfigError`, one line."""
     if isinstance(source, dict):
         with tempfile.TemporaryDirectory(prefix="hwnas-config-") as tmp:
-            return _load_config_file(_write_yaml(Path(tmp) / "config.yaml", source))
+            return _load_config_file(_write_yaml(Path(tmp) / "config.yaml", source), base=Path.cwd())
     return _load_config_file(source)
 
 
@@ -144,15 +144,17 @@ def run(config: ConfigSource, out: Union[str, Path, None] = None,
     from .rundir import holding, plan_run_dir, start_run_dir
 
     with tempfile.TemporaryDirectory(prefix="hwnas-config-") as tmp:
+        base = None  # a file's relative paths are from its folder; a dict's from the current directory
         if isinstance(config, (str, Path)):
             path = Path(config)
         else:
+            base = Path.cwd()
             data = config.model_dump(mode="json", exclude_unset=True) if isinstance(config, ExperimentConfig) \
                 else config
             path = _write_yaml(Path(tmp) / "config.yaml", data)
-        cfg = load_config(path)
+        cfg = _load_config_file(path, base=base)
         run_dir = plan_run_dir(cfg, path, Path(out) if out else None)
-        lock, created = start_run_dir(run_dir, path)  # locked for the whole run
+        lock, created = start_run_dir(run_dir, path, base)  # locked for the whole run
     with holding(lock, run_dir, created):
         return execute(cfg, run_dir, progress)
 

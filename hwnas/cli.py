@@ -103,6 +103,29 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _moved_example(path: Path) -> str:
+    """An example's text with each relative path it reads that exists from the example's folder made
+    absolute (comments kept), so the copy reads the same files from its new folder."""
+    from .config import read_yaml, resolve_paths
+
+    text = path.read_text(encoding="utf-8")
+    raw = read_yaml(path)
+
+    def leaves(value, prefix=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from leaves(v, f"{prefix}.{k}")
+        else:
+            yield prefix, value
+
+    before, after = dict(leaves(raw)), dict(leaves(resolve_paths(raw, path.parent)))
+    for key, old in before.items():
+        new = after.get(key)
+        if isinstance(old, str) and new != old and Path(new.partition(":")[2] if key == ".data" else new).exists():
+            text = text.replace(old, new)
+    return text
+
+
 def cmd_examples(args) -> int:
     """The example experiments shipped inside the package; ``--copy DIR`` puts copies there to edit."""
     import shutil
@@ -119,8 +142,9 @@ def cmd_examples(args) -> int:
             raise HwnasError(f"--copy: {target} already holds {', '.join(clash)}; choose another folder")
         target.mkdir(parents=True, exist_ok=True)
         for p in examples:
-            shutil.copyfile(p, target / p.name)
-        print(f"copied {len(examples)} example experiments to {target}/")
+            (target / p.name).write_text(_moved_example(Path(str(p))), encoding="utf-8")
+        print(f"copied {len(examples)} example experiments to {target}/ (paths they read made absolute where "
+              f"they exist)")
         return 0
     for p in examples:
         first = next((line.lstrip("# ").strip() for line in p.read_text().splitlines() if line.startswith("#")), "")

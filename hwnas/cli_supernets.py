@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .config import read_yaml, validate_model
+from .config import read_yaml, resolve_paths, validate_model
 from .errors import ConfigError, HwnasError
 from .registry import NamesHelp
 from .rundir import check_output_path
@@ -42,7 +42,9 @@ class TrainConfig(BaseModel):
 
 
 def load_train_config(path: Path) -> TrainConfig:
-    return validate_model(TrainConfig, read_yaml(path), path, "supernet, kwargs, data, settings, out")
+    # The data folder is relative to the file (as in an experiment file); ``out`` to the current directory.
+    raw = resolve_paths(read_yaml(path), Path(path).parent)
+    return validate_model(TrainConfig, raw, path, "supernet, kwargs, data, settings, out")
 
 
 def cmd_list(args) -> int:

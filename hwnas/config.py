@@ -7,6 +7,7 @@ allowed (:class:`hwnas.errors.ConfigError`); the CLI turns it into exit code 2.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
@@ -411,14 +412,58 @@ def parse_config(data: Any, path: Union[str, Path] = "<config>") -> ExperimentCo
     return validate_model(ExperimentConfig, data, path, "name, space, objectives, ...")
 
 
-def load_config(path: Union[str, Path]) -> ExperimentConfig:
+def _absolute(value: Any, base: Path) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        return value
+    path = Path(value).expanduser()
+    return value if path.is_absolute() else os.path.normpath(base / path)
+
+
+def resolve_paths(raw: Any, base: Union[str, Path]) -> Any:
+    """``raw`` (a parsed experiment or training file) with the paths it reads made absolute from ``base``.
+
+    The files a config reads (``space.table``, a ``space.checkpoint`` path, the data's folder,
+    ``strategy.warm_start``) are relative to the config file's folder, so an example runs from any
+    directory; what a run writes (``output``, a training file's ``out``) is relative to the current
+    directory, like ``--out``. Values of the wrong type are left for validation to name.
+    """
+    from hwnas.supernets import SHIPPED_CHECKPOINTS
+
+    if not isinstance(raw, dict):
+        return raw
+    base = Path(base).resolve()
+    out = dict(raw)
+    space = out.get("space")
+    if isinstance(space, dict):
+        space = dict(space)
+        if "table" in space:
+            space["table"] = _absolute(space["table"], base)
+        checkpoint = space.get("checkpoint")
+        if isinstance(checkpoint, str) and checkpoint not in SHIPPED_CHECKPOINTS:
+            space["checkpoint"] = _absolute(checkpoint, base)
+        out["space"] = space
+    data = out.get("data")
+    if isinstance(data, str) and ":" in data:
+        kind, _, folder = data.partition(":")
+        out["data"] = f"{kind}:{_absolute(folder, base)}"
+    elif isinstance(data, dict) and "path" in data:
+        out["data"] = {**data, "path": _absolute(data["path"], base)}
+    strategy = out.get("strategy")
+    if isinstance(strategy, dict) and "warm_start" in strategy:
+        out["strategy"] = {**strategy, "warm_start": _absolute(strategy["warm_start"], base)}
+    return out
+
+
+def load_config(path: Union[str, Path], base: Union[str, Path, None] = None) -> ExperimentConfig:
     """Read and validate an experiment YAML; raise ConfigError (one line) on any problem.
 
     The gate of ``hwnas validate``, ``run`` and ``resume``: every check that does not need
     the search itself (files read in full, names resolved, cost models built), so a file
     that passes fails later only for what cannot be known before (a cluster, a disk).
+    Relative paths the file reads are taken from ``base`` (default: the file's folder).
     """
-    cfg = parse_config(read_yaml(path), path)
+    path = Path(path)
+    cfg = parse_config(resolve_paths(read_yaml(path), path.parent if base is None else base), path)
     check_references(cfg, path)
     cfg = with_profile_settings(cfg, path)
     check_runnable(cfg, path)
@@ -600,10 +645,7 @@ def with_profile_settings(cfg: ExperimentConfig, path: Union[str, Path]) -> Expe
 
 
 def check_references(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
-    """Names and files the config refers to must exist (checked before anything runs).
-
-    Relative paths are taken from the current directory, as on the command line.
-    """
+    """Names and files the config refers to must exist (checked before anything runs)."""
     if cfg.space.supernet is not None:
         from hwnas.supernets import SHIPPED_CHECKPOINTS, checkpoint_path
         from hwnas.supernets import names as supernet_names

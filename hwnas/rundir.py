@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .config import ExperimentConfig, load_config, parse_config, read_yaml
+from .config import ExperimentConfig, load_config, parse_config, read_yaml, resolve_paths
 from .errors import ConfigError, HwnasError
 from .faults import point
 from .store import ResultsStore, check_store, count_values
@@ -183,15 +183,40 @@ class RunLock:
 
 
 # --- starting and resuming ------------------------------------------------------------------
-def config_record(config_path: Path) -> Dict[str, Any]:
+# The folder a run's relative input paths are taken from (the experiment file's, or the current
+# directory for a config given as a dict), in the store's meta: the copy in the run folder reads the
+# same files wherever it is resumed or exported from. Runs from before it was recorded used the
+# current directory.
+CONFIG_BASE_META = "config_base"
+
+
+def config_base(config_path: Path, base: Optional[Path] = None) -> Path:
+    return Path(base if base is not None else Path(config_path).parent).resolve()
+
+
+def stored_base(store_path: Path) -> Path:
+    """The run's :data:`CONFIG_BASE_META` (the current directory for a run from before it, or none yet)."""
+    base = None
+    if Path(store_path).exists():
+        store = ResultsStore(store_path, readonly=True)
+        try:
+            base = store.get_meta(CONFIG_BASE_META)
+        finally:
+            store.close()
+    return Path(base) if base else Path.cwd()
+
+
+def config_record(config_path: Path, base: Path) -> Dict[str, Any]:
     """What the store keeps of the validated file: its text, hash and values (defaults filled in)."""
     text = Path(config_path).read_bytes()
-    values = parse_config(read_yaml(config_path), config_path).model_dump(mode="json")
+    values = parse_config(resolve_paths(read_yaml(config_path), base), config_path).model_dump(mode="json")
     return {"sha256": hashlib.sha256(text).hexdigest(), "values": values}
 
 
-def start_run_dir(run_dir: Path, config_path: Path) -> Tuple[RunLock, bool]:
+def start_run_dir(run_dir: Path, config_path: Path, base: Optional[Path] = None) -> Tuple[RunLock, bool]:
     """Make ``run_dir`` (planned by :func:`plan_run_dir`), lock it, copy the file in and create the store.
+
+    ``base``: where the file's relative input paths are taken from (default: the file's folder).
 
     Returns the held lock and whether the folder was made here (so a run that fails before
     its first value can remove what it made). A folder left by a run that never
@@ -207,7 +232,8 @@ def start_run_dir(run_dir: Path, config_path: Path) -> Tuple[RunLock, bool]:
         for name in RUN_FILES:
             if name != LOCK_NAME:
                 (run_dir / name).unlink(missing_ok=True)
-        record = config_record(config_path)
+        base = config_base(config_path, base)
+        record = config_record(config_path, base)
         partial = run_dir / f".{CONFIG_NAME}.partial"
         shutil.copyfile(config_path, partial)
         os.replace(partial, run_dir / CONFIG_NAME)
@@ -215,6 +241,7 @@ def start_run_dir(run_dir: Path, config_path: Path) -> Tuple[RunLock, bool]:
         store = ResultsStore(run_dir / STORE_NAME)
         try:
             store.set_meta("config", record)
+            store.set_meta(CONFIG_BASE_META, str(base))
         finally:
             store.close()
         point("store-created")
@@ -268,8 +295,9 @@ def resume_run_dir(run_dir: Path) -> Tuple[ExperimentConfig, RunLock]:
         store_path = run_dir / STORE_NAME
         if store_path.exists():
             check_store(store_path)
-        cfg = load_config(run_dir / CONFIG_NAME)
-        record = config_record(run_dir / CONFIG_NAME)
+        base = stored_base(store_path)
+        cfg = load_config(run_dir / CONFIG_NAME, base=base)
+        record = config_record(run_dir / CONFIG_NAME, base)
         store = ResultsStore(store_path)
         try:
             stored = store.get_meta("config")

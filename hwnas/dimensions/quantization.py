@@ -3,8 +3,8 @@
 Variables ``quant.stem``, ``quant.block<slot>``, ``quant.head`` (options
 ``space.quantization.precisions``, default int8, fp32). A candidate with int8 units
 deploys as onnxruntime's static QDQ model (:func:`hwnas.devices.onnx.quantize_int8`:
-per-channel int8 weights, activation ranges calibrated on the BatchNorm calibration
-images) with only the int8 units' ONNX nodes quantized. :class:`QuantizedModel` is that
+per-channel int8 weights, uint8 activations whose ranges are calibrated on the BatchNorm
+calibration images) with only the int8 units' ONNX nodes quantized. :class:`QuantizedModel` is that
 deployed form as a torch module: ``forward`` runs the int8 model in onnxruntime (so
 accuracy is the real int8 model's, not a simulation), and :func:`hwnas.devices.onnx.to_onnx`
 returns its QDQ bytes, so the onnxruntime backend times and ``hwnas export`` ships it.
@@ -82,17 +82,10 @@ class QuantizedModel(nn.Module):
     def deployed_onnx(self, example: Optional[torch.Tensor] = None) -> bytes:
         """The QDQ ONNX model (dynamic batch; any batch size runs it)."""
         from hwnas.devices.onnx import quantize_int8, to_onnx
-        import onnx
 
         if self._onnx is None:
             fp32 = to_onnx(self.model, self.calibration[0][:1], dynamic_batch=True)
-            names = [n.name for n in onnx.load_from_string(fp32).graph.node]
-            scopes = [onnx_scope(p) for p in self.int8_paths]
-            nodes = [n for n in names if n.startswith(tuple(scopes))]
-            missing = [p for p, s in zip(self.int8_paths, scopes) if not any(n.startswith(s) for n in names)]
-            if missing:
-                raise RuntimeError(f"no ONNX nodes for int8 modules {missing} (exporter naming changed?)")
-            self._onnx = quantize_int8(fp32, self.calibration, nodes_to_quantize=nodes)
+            self._onnx = quantize_int8(fp32, self.calibration, scopes=[onnx_scope(p) for p in self.int8_paths])
         return self._onnx
 
     @torch.no_grad()
