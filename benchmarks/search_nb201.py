@@ -268,7 +268,7 @@ Median ± IQR over {docs[0]['seeds']} seeds of HV(found) / HV(exhaustive front) 
 nadir 1, reference point (1.1, 1.1); accuracy `{docs[0]['accuracy']}`; "front": size of the exhaustive front).
 Strategies with the shipped defaults of `StrategyConfig` (population 24; linas: batch 10, NSGA-II 100 x 4
 generations on the predictions per round); `optuna_tpe` / `optuna_nsga2` are `name: optuna` with `sampler: tpe` /
-`nsga2`.
+`nsga2`.{'' if 1000 in budgets else ' Budget 1000 was not run for this table (optuna_tpe alone takes minutes per seed there).'}
 
 {chr(10).join(lines)}
 

@@ -1,6 +1,6 @@
 """The loop's surrogate: every objective and budget column predicted from the measured candidates.
 
-One multi-output random forest (scikit-learn API): it ranks NB201 accuracy and latency
+One multi-output random forest (scikit-learn API; all-positive columns in log space): it ranks NB201 accuracy and latency
 about as well as the cross-validated ``AccuracyPredictor`` at 30-300 samples, fits in tens of
 milliseconds, so it can be refitted after every batch a strategy measures, and its trees'
 spread is an uncertainty (``return_std``).
@@ -19,14 +19,23 @@ class Surrogate(RegressorMixin, BaseEstimator):
 
     def fit(self, X, Y):
         Y = np.asarray(Y, dtype=float)
+        # Columns that are all positive (latency, energy, ...) are fitted in log space: costs scale
+        # multiplicatively with the architecture, and the trees' means then follow ratios, not ms.
+        self.log_ = (Y > 0).all(axis=0)
+        Y = np.where(self.log_, np.log(np.where(self.log_, Y, 1.0)), Y)
         self.n_outputs_ = Y.shape[1] if Y.ndim == 2 else 1
         self.forest_ = RandomForestRegressor(n_estimators=self.n_estimators, max_features=self.max_features,
                                              random_state=self.random_state, n_jobs=1).fit(X, Y)
         return self
 
+    def per_tree(self, X):
+        """(trees, n, outputs): each tree's prediction, back on the scale it was fitted on."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        T = np.stack([t.tree_.predict(X)[:, :, 0] for t in self.forest_.estimators_])
+        return np.where(self.log_, np.exp(T), T)
+
     def predict(self, X, return_std: bool = False):
         # The trees' own predict, summed here: scikit-learn's forest predict goes through joblib,
         # which costs milliseconds per call, and a search on the predictions calls it thousands of times.
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        per_tree = np.stack([t.tree_.predict(X)[:, :, 0] for t in self.forest_.estimators_])
+        per_tree = self.per_tree(X)
         return (per_tree.mean(0), per_tree.std(0)) if return_std else per_tree.mean(0)

@@ -161,3 +161,16 @@ def test_hypervolume_basics():
     assert bounded_hypervolume(np.array([[0.5, 0.5]]), np.zeros(2), np.ones(2)) == pytest.approx(0.25)
     assert bounded_hypervolume(np.array([[-3.0, -3.0]]), np.zeros(2), np.ones(2)) == 1.0
     assert bounded_hypervolume(np.array([[2.0, -1.0]]), np.zeros(2), np.ones(2)) == 0.0
+
+
+def test_surrogate_fits_positive_columns_in_log_space():
+    from hwnas.search.surrogate import Surrogate
+
+    rng = np.random.default_rng(0)
+    X = rng.random((200, 3))
+    Y = np.stack([-X.sum(1), np.exp(3 * X[:, 0])], axis=1)  # a negated objective, a positive cost
+    s = Surrogate().fit(X, Y)
+    assert s.log_.tolist() == [False, True]
+    mean, std = s.predict(X[:20], return_std=True)
+    assert (mean[:, 1] > 0).all() and (std >= 0).all()
+    assert np.corrcoef(mean[:, 1], Y[:20, 1])[0, 1] > 0.9  # back on the scale it was fitted on
