@@ -353,3 +353,61 @@ class AccuracyPredictor(RegressorMixin, BaseEstimator):
 
     def score_kendall(self, X, y) -> float:
         return float(kendalltau(self.predict(X), y).statistic)
+
+
+class TransferAccuracyPredictor(RegressorMixin, BaseEstimator):
+    """An architecture-only (fp32) accuracy predictor transferred to compressed configs (APQ's idea).
+
+    Accuracy of a pruned and/or int8 config = the fp32 predictor's accuracy for its architecture
+    + a correction that depends on the compression: a ridge regression, fitted on the compressed
+    samples' residuals, of the compression features and the fp32 prediction (a larger network loses
+    a different amount to pruning). Few compressed samples fit the ~20 coefficients of the
+    correction; the fp32 predictor, fitted on many cheaper architecture-only samples, keeps the
+    ranking across architectures (benchmarks/accuracy_transfer.py).
+
+    Parameters
+    ----------
+    base : a fitted regressor of architecture features (an :class:`AccuracyPredictor` fitted on
+        fp32 sub-networks); it is used as given, not refitted. Its ``n_features_in_`` first columns
+        of ``X`` are its features (a :class:`hwnas.dimensions.JointSpace` puts the architecture's
+        first), the remaining columns are the compression features.
+    alphas : ridge penalties to choose from by leave-one-out (RidgeCV).
+    random_state : unused (the fit is deterministic); kept for the predictors' common signature.
+    """
+
+    def __init__(self, base=None, columns: Sequence[int] | None = None, with_base: bool = False,
+                 alphas: Sequence[float] = tuple(np.logspace(-2, 3, 11)), random_state: int = 0):
+        self.base = base
+        self.columns = columns  # which compression features the correction uses (None: all)
+        self.with_base = with_base  # the fp32 prediction as a correction feature too
+        self.alphas = alphas
+        self.random_state = random_state
+
+    def _split(self, X):
+        check_is_fitted(self.base)
+        k = self.base.n_features_in_
+        if X.shape[1] <= k:
+            raise ValueError(f"X has {X.shape[1]} columns; the fp32 predictor takes {k}, so there are no "
+                             f"compression features")
+        base_pred = np.asarray(self.base.predict(X[:, :k]), dtype=float)
+        comp = X[:, k:] if self.columns is None else X[:, k:][:, list(self.columns)]
+        return base_pred, np.column_stack([comp, base_pred]) if self.with_base else comp
+
+    def fit(self, X, y):
+        if self.base is None:
+            raise ValueError("TransferAccuracyPredictor needs base=, an fp32 accuracy predictor already fitted")
+        X, y = check_X_y(X, y, dtype=float, y_numeric=True)
+        if len(y) < 2:
+            raise ValueError(f"TransferAccuracyPredictor needs at least 2 compressed samples, got {len(y)}")
+        base_pred, Z = self._split(X)
+        with limit_blas(1):
+            self.correction_ = make_pipeline(StandardScaler(), RidgeCV(alphas=self.alphas)).fit(Z, y - base_pred)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "correction_")
+        X = check_array(X, dtype=float)
+        base_pred, Z = self._split(X)
+        with limit_blas(1):
+            return base_pred + self.correction_.predict(Z)

@@ -15,7 +15,9 @@ The contract of a dimension (:class:`Dimension`, docs/ARCHITECTURE.md):
 * ``variables(supernet)``: its :class:`~hwnas.space.Choice` variables in the joint space;
 * ``restructure(model, values, units)`` (before BatchNorm recalibration: changes the layers)
   and ``deploy(model, values, units, calibration)`` (after: the form that ships);
-* ``features(values)``: predictor columns for its genes;
+* ``features(space, genomes, units, active)``: predictor columns for its genes (``space``: its own
+  variables; ``units``: every unit the supernet names, ``active``: which of them each genome's
+  architecture runs, so genes of switched-off blocks add no noise);
 * ``cost_key(unit, values)``: its part of a unit's cost-model key (lookup tables, energy);
 * ``describe(values, units)``: a short summary appended to the readable architecture string (its
   variables are result columns of their own, like every search variable: ``prune.stage1``).
@@ -83,7 +85,8 @@ class Dimension:
     def deploy(self, model, values: Dict[str, Any], units: Sequence[Unit], calibration):
         return model
 
-    def features(self, space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
+    def features(self, space: SearchSpace, genomes: np.ndarray, units: Sequence[Unit] = (),
+                 active: Optional[np.ndarray] = None) -> np.ndarray:
         return space.features(genomes)
 
     def cost_key(self, unit: Unit, values: Dict[str, Any]) -> str:
@@ -163,10 +166,34 @@ class JointSpace:
 
         G = np.atleast_2d(np.asarray(genomes, dtype=np.int64))
         cols = [predictor_features(self.supernet.space)(G[:, self.arch_slice])]
+        units, active = self.active_units(G) if self.parts else ([], None)
         for dim, sl in self.parts:
             part = SearchSpace(self.space.variables[sl], name=dim.name)
-            cols.append(np.asarray(dim.features(part, G[:, sl]), dtype=np.float32))
+            cols.append(np.asarray(dim.features(part, G[:, sl], units, active), dtype=np.float32))
         return np.concatenate(cols, axis=1)
+
+    def active_units(self, genomes) -> Tuple[List[Unit], np.ndarray]:
+        """Every unit the supernet names (stage known), and (n, units) bool: which each genome runs.
+
+        Vectorised for supernets of stages with a depth gene ``d<i>`` and ``max_depth`` slots each
+        (slot ``b`` runs when ``b % max_depth < d<b // max_depth>``); others decode row by row.
+        """
+        G = np.atleast_2d(np.asarray(genomes, dtype=np.int64))[:, self.arch_slice]
+        net = self.supernet
+        units = units_of(net, net.largest_config())
+        arch = net.space.variables
+        names = [v.name for v in arch]
+        depth = getattr(net, "max_depth", None)
+        if depth is not None and all(f"d{u.stage}" in names for u in units if u.is_block):
+            out = np.ones((len(G), len(units)), dtype=bool)
+            for j, u in enumerate(units):
+                if u.is_block:
+                    i = names.index(f"d{u.stage}")
+                    slot = int(u.name.removeprefix("block"))
+                    out[:, j] = np.asarray(arch[i].options)[G[:, i]] > slot % depth
+            return units, out
+        rows = [{u.name for u in units_of(net, net.space.decode(g))} for g in G]
+        return units, np.array([[u.name in r for u in units] for r in rows], dtype=bool).reshape(len(G), len(units))
 
     def describe(self, config: Dict[str, Any]) -> str:
         arch = self.supernet.describe({k: v for k, v in config.items() if "." not in k})

@@ -158,6 +158,21 @@ class Pruning(Dimension):
                 prune(block, float(keep))
         return model
 
+    def features(self, space, genomes, units=(), active=None) -> np.ndarray:
+        """Per stage: the keep ratio (scaled to [0, 1] over the options), and the share of the
+        network's running blocks that lose channels times the share they lose (pruning a stage of
+        two blocks costs less than one of four)."""
+        plain = space.features(genomes)
+        if active is None:
+            return plain
+        keep = np.asarray([v.options for v in space.variables], dtype=float)  # (stages, options)
+        G = np.asarray(genomes)
+        lost = 1 - keep[np.arange(len(space.variables)), G]  # (n, stages)
+        stage = np.array([u.stage if u.is_block else -1 for u in units])
+        runs = np.stack([active[:, stage == i].sum(1) for i in range(len(space.variables))], 1)
+        share = runs / np.maximum(active[:, stage >= 0].sum(1, keepdims=True), 1)
+        return np.hstack([plain, lost * share]).astype(np.float32)
+
     def cost_key(self, unit: Unit, values: Dict[str, Any]) -> str:
         keep = values.get(self.key(f"stage{unit.stage}"), 1.0) if unit.is_block else 1.0
         return "" if keep >= 1 else f"_p{keep:g}"

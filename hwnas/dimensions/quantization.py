@@ -130,11 +130,18 @@ class Quantization(Dimension):
         images = torch.cat(list(calibration))[:QUANT_CALIB_IMAGES]
         return QuantizedModel(model, paths, list(images.split(32)))
 
-    def features(self, space, genomes) -> np.ndarray:
+    def features(self, space, genomes, units=(), active=None) -> np.ndarray:
+        """Per unit: int8 and running (a switched-off block's precision changes nothing); the int8
+        share of the running units; int8 stem, blocks and head each as a share of the running blocks."""
         int8 = np.asarray(genomes) == 0  # PRECISIONS order: int8 first
         if space.variables and space.variables[0].options[0] != "int8":
             int8 = np.zeros_like(int8)
-        return np.hstack([int8, int8.mean(1, keepdims=True)]).astype(np.float32)
+        if active is not None:  # columns of ``active`` in this space's variable order
+            where = {self.key(u.name): j for j, u in enumerate(units)}
+            active = active[:, [where[v.name] for v in space.variables]]
+            int8 = int8 & active
+        runs = active.sum(1, keepdims=True) if active is not None else np.full((len(int8), 1), int8.shape[1])
+        return np.hstack([int8, int8.sum(1, keepdims=True) / np.maximum(runs, 1)]).astype(np.float32)
 
     def cost_key(self, unit: Unit, values: Dict[str, Any]) -> str:
         return "_int8" if self.precision(unit, values) == "int8" else ""
