@@ -134,7 +134,7 @@ def test_refs_n_lists_the_references_then_uncertain_architectures(tmp_path, caps
     pool = meta.candidate_pool()
     var = lambda G: np.einsum("ij,jk,ik->i", meta.embed(G)[0], S, meta.embed(G)[0])  # noqa: E731
     picked = var(np.stack([device_space("nb201").parse_arch(a) for a in archs[10:11]]))
-    assert picked[0] >= var(pool).max() - 1e-9
+    assert picked[0] >= var(pool).max() * (1 - 1e-6)  # float32 embeddings: one row vs the pool's batch
     for bad in (["--n", "0"], ["--device", "nosuch", "--n", "3"]):
         assert main(["devices", "refs", "--space", "nb201", *bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
