@@ -138,6 +138,15 @@ class TabularSpace:
         proxy of per-kernel overhead, which dominates small-batch GPU latency."""
         raise NotImplementedError
 
+    # Named column sets of :meth:`op_counts`, each one analytical cost model (a cost per operator type).
+    op_count_sets: Dict[str, List[int]] = {}
+
+    def op_counts(self, genomes) -> np.ndarray:  # pragma: no cover - abstract
+        """(n, k): how many operators of each type run (:attr:`op_count_sets` names the column sets).
+        Runtimes that pay per operator (int8 kernels, GPU launches, framework overhead) cost by type,
+        not by MACs."""
+        raise NotImplementedError
+
     def additive_features(self, genomes) -> np.ndarray:
         """Per-layer indicators for an additive (lookup-table) cost model."""
         G = _as_genomes(genomes, self.space.n_var)
@@ -167,6 +176,7 @@ class TabularSpace:
 
 # --------------------------------------------------------------------------- NB201
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+NB201_OP_TYPES = (1, 2, 3, 4)  # the operators that run something (not ``none``)
 NB201_EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))  # (from, to), string order
 NB201_STAGES = ((16, 32), (32, 16), (64, 8))  # (channels, feature-map size) of the three stages
 NB201_CELLS = 5  # cells per stage
@@ -197,6 +207,9 @@ class Nb201Space(TabularSpace):
         self._feature_table = self._compute_features(all_genomes)
         self._macs_table = self._compute_macs(all_genomes)
         self._counts_table = _nb201_work(all_genomes).T
+        live = self.live_edges(all_genomes)
+        by_type = [all_genomes == op for op in NB201_OP_TYPES]
+        self._op_table = np.stack([b.sum(1) for b in by_type] + [(b & live).sum(1) for b in by_type], 1).astype(float)
 
     def arch_to_genome(self, arch: str) -> np.ndarray:
         nodes = arch.strip().strip("|").split("|+|") if isinstance(arch, str) else []
@@ -275,6 +288,13 @@ class Nb201Space(TabularSpace):
     def counts(self, genomes) -> np.ndarray:
         return self._counts_table[self._code(self.check(genomes))]
 
+    # Every edge of each type, and only the live ones (a runtime that prunes dead edges runs those).
+    op_count_sets = {"ops": [0, 1, 2, 3], "live_ops": [4, 5, 6, 7]}
+
+    def op_counts(self, genomes) -> np.ndarray:
+        """(n, 8): edges that are skip, 1x1 conv, 3x3 conv, 3x3 pooling; then the same among live edges."""
+        return self._op_table[self._code(self.check(genomes))]
+
 
 # --------------------------------------------------------------------------- FBNet
 FBNET_OPS = ("k3_e1", "k3_e1_g2", "k3_e3", "k3_e6", "k5_e1", "k5_e1_g2", "k5_e3", "k5_e6", "skip")
@@ -346,6 +366,15 @@ class FbnetSpace(TabularSpace):
     def counts(self, genomes) -> np.ndarray:
         G = self.check(genomes)
         return self.block_work[np.arange(22)[None, :], G].sum(1) + self.fixed_work
+
+    op_count_sets = {"ops": list(range(len(FBNET_OPS)))}
+
+    def op_counts(self, genomes) -> np.ndarray:
+        """(n, 9): blocks of each op type (:data:`FBNET_OPS`)."""
+        G = self.check(genomes)
+        n_ops = len(FBNET_OPS)
+        counts = np.bincount((np.arange(len(G))[:, None] * n_ops + G).ravel(), minlength=len(G) * n_ops)
+        return counts.reshape(len(G), n_ops).astype(float)
 
     def features(self, genomes) -> np.ndarray:
         """(n, 230): per block the op one-hot (22 x 9), relative block MACs (22), the share of
@@ -485,6 +514,16 @@ class OfaSpace(TabularSpace):
         if getattr(self, "_slot_work", None) is None:
             self._slot_work, self._fixed_work_by_res = self._work_tables()
         return self._slot_lookup(self._slot_work, G).sum(1) + self._fixed_work_by_res[G[:, 45]]
+
+    op_count_sets = {"ops": [0, 1, 2, 3, 4, 5]}
+
+    def op_counts(self, genomes) -> np.ndarray:
+        """(n, 6): active blocks with kernel 3, 5, 7, then with expand 3, 4, 6."""
+        G = self.check(genomes)
+        active = self._active_slots(G)
+        kernel = [((G[:, :20] == i) & active).sum(1) for i in range(len(OFA_KERNELS))]
+        expand = [((G[:, 20:40] == i) & active).sum(1) for i in range(len(OFA_EXPANDS))]
+        return np.stack(kernel + expand, 1).astype(float)
 
     def layers(self, genomes) -> np.ndarray:
         """Three convs per active block, two more in squeeze-excite stages."""

@@ -296,13 +296,13 @@ class FewShotPredictor:
         folded = self._folded()
         out = np.empty(len(G))
         # Chunks keep the hidden activations in cache: ~2x faster on large batches.
-        proxy = np.mean([m.get("proxy", np.zeros(3)) for m in self.members_], 0)
+        proxy = np.mean([m.get("proxy", np.zeros(1)) for m in self.members_], 0)
         additive = np.mean([m.get("additive", np.zeros(0)) for m in self.members_], 0)
         for start in range(0, len(G), PREDICT_CHUNK):
             g = G[start : start + PREDICT_CHUNK]
             z = sum(_mlp(layers, self.tspace.features(g))[:, 0] for layers in folded) / len(folded)
-            if proxy.any():  # analytical proxies that the shots gave weight to (MACs, values moved)
-                z = z + _Proxies.raw(self.tspace, g) @ proxy
+            if proxy.any():  # analytical proxies that the shots gave weight to (MACs, values moved, ...)
+                z = z + _Proxies.raw(self.tspace, g)[:, : len(proxy)] @ proxy  # files saved before op counts: 3
             if additive.size and additive.any():
                 z = z + self.tspace.additive_features(g) @ additive
             out[start : start + PREDICT_CHUNK] = z
@@ -551,8 +551,11 @@ def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict) -> dict:
 
 class _Proxies:
     """Analytical proxies of cost for the adaptation: MACs and values moved (weights + activations,
-    :meth:`TabularSpace.counts`), in millions, standardised on the shots; and the layer-wise
-    additive indicators (a per-(layer, option) cost table)."""
+    :meth:`TabularSpace.counts`), in millions, the operators that run, and the operators of each type
+    (:meth:`TabularSpace.op_counts`), standardised on the shots; and the layer-wise additive indicators
+    (a per-(layer, option) cost table)."""
+
+    N_FIXED = 5  # raw columns before the operator counts
 
     def __init__(self, tspace: TabularSpace, G: np.ndarray):
         raw = self.raw(tspace, G)
@@ -560,21 +563,32 @@ class _Proxies:
         self.sd[self.sd == 0] = 1.0
         self.std = (raw - self.mu) / self.sd
         self.additive = tspace.additive_features(G).astype(np.float64)
+        self.op_sets = {name: [self.N_FIXED + c for c in cols] for name, cols in tspace.op_count_sets.items()}
 
     @staticmethod
     def raw(tspace: TabularSpace, G: np.ndarray) -> np.ndarray:
-        """(n, 3): MACs and values moved in millions, and the operators that run (kernel launches)."""
+        """(n, 5 + k): MACs and values moved in millions, the operators that run (kernel launches), weight
+        and activation values moved apart (millions), and the operators of each type."""
         counts = tspace.counts(G)
-        return np.stack([tspace.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, tspace.layers(G)], 1)
+        fixed = np.stack([tspace.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, tspace.layers(G),
+                          counts[:, 1] / 1e6, counts[:, 2] / 1e6], 1)
+        return np.hstack([fixed, tspace.op_counts(G)])
 
     # Analytical models of cost: compute-bound (MACs), memory-bound (values moved), both (a roofline
-    # sum), per-kernel overhead (small-batch GPUs: the operators that run), and overhead + roofline.
-    BASES = {"flops": [0], "bytes": [1], "roofline": [0, 1], "layers": [2], "launch_roofline": [0, 1, 2]}
+    # sum), per-kernel overhead (small-batch GPUs: the operators that run), and overhead + roofline;
+    # the same with weight and activation traffic apart (at a large batch the weights are read once per
+    # batch, the activations once per image); then a cost per operator type (int8 and accelerator
+    # kernels, framework overhead), alone and beside the roofline (types and sizes).
+    BASES = {"flops": [0], "bytes": [1], "roofline": [0, 1], "layers": [2], "launch_roofline": [0, 1, 2],
+             "traffic": [0, 3, 4], "launch_traffic": [0, 2, 3, 4]}
 
     def bases(self):
         """name -> (basis with a trailing 1, columns of the raw proxies it uses or None for additive)."""
         one = np.ones((len(self.std), 1))
-        out = {name: (np.hstack([self.std[:, cols], one]), cols) for name, cols in self.BASES.items()}
+        sets = dict(self.BASES)
+        for name, cols in self.op_sets.items():
+            sets[name], sets[f"{name}_roofline"] = cols, [0, 1] + cols
+        out = {name: (np.hstack([self.std[:, cols], one]), cols) for name, cols in sets.items()}
         out["layerwise"] = (np.hstack([self.additive, one]), None)
         return out
 

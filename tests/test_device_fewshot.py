@@ -215,6 +215,31 @@ def test_shots_that_follow_macs_make_the_flops_proxy_take_over(space):
 
 
 @needs_artifacts
+@pytest.mark.parametrize("space, kind", [("nb201", "live_ops"), ("fbnet", "traffic")])
+def test_shots_that_follow_operator_types_or_activation_traffic_make_those_proxies_take_over(space, kind):
+    """Devices unlike the meta-training set (issue 23.2): a runtime that pays per operator by type and
+    prunes dead edges (NB201; the desktop Eagle pair is like this), and a large-batch GPU bound by
+    activation traffic plus kernel launches (FBNet). The adapted model must follow them."""
+    from scipy.stats import spearmanr
+
+    from hwnas.predictors.fewshot import load_pretrained
+
+    meta = load_pretrained(space)
+    t = meta.tspace
+    G = t.space.sample(np.random.default_rng(5), 2000)
+    if kind == "live_ops":
+        def cost(g):
+            return 1.0 + t.op_counts(g)[:, 4:] @ np.array([0.30, 0.55, 0.35, 0.60])  # skip, 1x1, 3x3, pool
+    else:
+        def cost(g):
+            return 2.0 + 0.4 * t.counts(g)[:, 2] / 1e6 + 0.05 * t.layers(g)
+    adapted = meta.adapt(cost(meta.reference_genomes_))
+    taken = sum(w for k, w in adapted.weights_.items() if k.startswith(kind.split("_")[0]) or k.endswith(kind))
+    assert taken > 0.5, adapted.weights_
+    assert spearmanr(adapted.predict(G), cost(G))[0] > 0.97
+
+
+@needs_artifacts
 def test_add_with_energy_compares_the_adapted_model_with_the_analytical_estimate(tmp_path, capsys):
     """Energy samples are adapted like latency (meta-trained on latency); add compares it with the estimate."""
     refs = device_space("fbnet").reference_archs()

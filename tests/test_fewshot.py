@@ -143,8 +143,10 @@ def test_fast_predict_equals_the_plain_forward_pass(space, one_torch_thread):
     G = adapted.tspace.space.sample(np.random.default_rng(3), 20_000)  # > PREDICT_CHUNK: several chunks
     # Reference: features -> trunk -> phi with bias, times the adapted head (no folding, no tables),
     # plus the analytical proxies the shots gave weight to (MACs, values moved, additive table).
-    counts = adapted.tspace.counts(G)
-    raw = np.stack([adapted.tspace.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, adapted.tspace.layers(G)], 1)
+    t = adapted.tspace
+    counts = t.counts(G)
+    raw = np.column_stack([t.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, t.layers(G), counts[:, 1] / 1e6,
+                           counts[:, 2] / 1e6, t.op_counts(G)])
     plain = np.mean([Phi @ m["w"] + raw @ m["proxy"] + adapted.tspace.additive_features(G) @ m["additive"]
                      for Phi, m in zip(adapted.embed(G), adapted.members_)], 0)
     np.testing.assert_allclose(adapted.predict(G), plain * adapted.y_std_ + adapted.y_mean_, rtol=1e-5, atol=1e-5)

@@ -86,6 +86,29 @@ def test_bad_inputs_raise_one_line_errors(small_table, tmp_path):
         Nb201Space().features([[0, 0, 0, 0, 0, 5]])
 
 
+def test_op_counts_count_the_operators_that_run_by_type():
+    """Per-type operator counts (the proxy of runtimes that pay per operator): NB201 all edges and the
+    live ones; FBNet blocks per op; OFA active blocks per kernel and per expand ratio."""
+    nb = Nb201Space()
+    # Node 1 (conv3x3) feeds nothing but node 2's none: its edge is dead; the other five run.
+    g = nb.arch_to_genome("|nor_conv_3x3~0|+|avg_pool_3x3~0|none~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
+    # skip, conv1x1, conv3x3, pool over all edges, then over the live ones
+    assert nb.op_counts(g[None])[0].tolist() == [1, 1, 1, 1, 1, 1, 0, 1]
+    cut = nb.arch_to_genome("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|nor_conv_3x3~2|")
+    assert nb.op_counts(cut[None])[0].tolist() == [0, 0, 2, 0, 0, 0, 0, 0]  # nothing reaches the output
+    fb = FbnetSpace()
+    G = fb.space.sample(np.random.default_rng(0), 50)
+    c = fb.op_counts(G)
+    assert c.sum(1).tolist() == [22] * 50 and c[:, FBNET_OPS.index("skip")].tolist() == (G == 8).sum(1).tolist()
+    ofa = OfaSpace()
+    G = ofa.space.sample(np.random.default_rng(0), 50)
+    c = ofa.op_counts(G)
+    depth = np.asarray(OFA_DEPTHS)[G[:, 40:45]].sum(1)
+    assert c[:, :3].sum(1).tolist() == depth.tolist() and c[:, 3:].sum(1).tolist() == depth.tolist()
+    for space, width in ((nb, 8), (fb, 9), (ofa, 6)):  # the named sets cover the columns
+        assert sorted(sum(space.op_count_sets.values(), [])) == list(range(width))
+
+
 def test_nb201_structure_and_macs():
     space = Nb201Space()
     all_conv3 = np.full((1, 6), 3)
