@@ -30,8 +30,17 @@ def machine() -> str:
             f"{platform.system()} {platform.machine()}")
 
 
+def project_path(arg) -> str:
+    """An absolute path beside or inside the project as the project sees it (``../shared/...``), so
+    recorded commands hold no machine's own folders; anything else as given."""
+    path = Path(str(arg))
+    if path.is_absolute() and (path == ROOT.parent or ROOT.parent in path.parents):
+        return os.path.relpath(path, ROOT)
+    return str(arg)
+
+
 def command() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + [project_path(a) for a in sys.argv[1:]])
 
 
 RESULTS = ROOT / "benchmarks" / "results"

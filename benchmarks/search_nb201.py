@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, command, write_section  # noqa: E402
+from common import RESULTS, command, project_path, write_section  # noqa: E402
 from hwnas.config import StrategyConfig  # noqa: E402
 from hwnas.search import SearchLoop, create_strategy, nondominated  # noqa: E402
 from hwnas.tabular import TabularBenchmark  # noqa: E402
@@ -155,7 +155,7 @@ def main() -> None:
                          "seconds_per_300_median": float(np.median(per300)) if per300 else None,
                          "cpu_seconds_per_300_median": float(np.median(cpu300)) if cpu300 else None,
                          "hv_ratio_mean": {str(b): float(np.mean(ratios[b])) for b in budgets}}
-    doc = {"results": results, "table": str(args.table), "device": args.device, "accuracy": args.accuracy,
+    doc = {"results": results, "table": project_path(args.table), "device": args.device, "accuracy": args.accuracy,
            "evals": budgets, "seeds": args.seeds, "front_size": int(len(true)), "known_cells": int(known.sum()),
            "command": command(), "load_average_1min_at_end": os.getloadavg()[0], "details": details}
     Path(args.json).write_text(json.dumps(doc, indent=1))
