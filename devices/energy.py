@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -85,15 +86,18 @@ def count_model(model: nn.Module, input_shape: Sequence[int], batch_size: int = 
 
 
 @torch.no_grad()
-def count_by_precision(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> Dict[str, Counts]:
+def count_by_precision(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
+                       int8_paths: Sequence[str] = ()) -> Dict[str, Counts]:
     """:func:`count_model` split by the precision each layer runs at.
 
     A quantized candidate (:class:`hwnas.dimensions.quantization.QuantizedModel`) runs the layers
-    under its ``int8_paths`` in int8 and the rest in fp32; any other model is all fp32. Pruned
+    under its ``int8_paths`` in int8 and the rest in fp32; so does a plain model given ``int8_paths``
+    (the fp32 layers a candidate's QDQ model is made from); any other model is all fp32. Pruned
     layers are counted as the smaller layers they are.
     """
-    int8_paths = tuple(getattr(model, "int8_paths", ()))
-    model = getattr(model, "model", model) if int8_paths else model
+    if getattr(model, "int8_paths", ()):
+        model, int8_paths = model.model, model.int8_paths
+    int8_paths = tuple(int8_paths)
     totals: Dict[str, list] = {}
 
     def precision(name: str) -> str:
@@ -140,3 +144,39 @@ def estimate_model(model: nn.Module, input_shape: Sequence[int], batch_size: int
     if latency_ms:
         out["power_W"] = power_W(e, latency_ms)
     return out
+
+
+class CandidateEnergy:
+    """Estimated energy (mJ) of supernet candidates, compressed or not, from their own layers.
+
+    Each genome of ``space`` (a joint space's, :class:`hwnas.dimensions.JointSpace`) is built
+    as the layers that run (:func:`hwnas.supernets.structure`: extracted, pruned to its narrower
+    layers; weights do not matter) and counted with its int8 units as int8 and the rest at
+    ``precision``, one forward pass of ``batch_size`` images. What the profile's per-part table
+    cannot know (it holds fp32 architectures) and what a device without a profile has; labelled
+    ``estimated`` like every analytical figure. Counts are kept per candidate key.
+    """
+
+    label = ESTIMATED
+
+    def __init__(self, supernet, space, input_shape: Sequence[int], batch_size: int = 1, precision: str = "fp32"):
+        _check_precision(precision)
+        self.supernet, self.space = supernet, space
+        self.input_shape, self.batch_size, self.precision = tuple(input_shape), batch_size, precision
+        self._cache: Dict[str, float] = {}
+
+    def energy(self, genome) -> float:
+        from hwnas.dimensions import compression_of, units_of
+        from hwnas.supernets.base import structure
+
+        key = self.space.key(genome)
+        if key not in self._cache:
+            config = self.space.decode(genome)
+            paths = [p for d in compression_of(config) if hasattr(d, "int8_paths")
+                     for p in d.int8_paths(d.own(config), units_of(self.supernet, config))]
+            parts = count_by_precision(structure(self.supernet, config), self.input_shape, self.batch_size, paths)
+            self._cache[key] = sum(energy_mJ(c, "int8" if p == "int8" else self.precision) for p, c in parts.items())
+        return self._cache[key]
+
+    def predict(self, genomes) -> np.ndarray:
+        return np.array([self.energy(g) for g in np.atleast_2d(np.asarray(genomes, dtype=np.int64))], dtype=float)

@@ -592,6 +592,8 @@ def check_devices(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
             continue
         profile = loc.profile
         if profile is None:
+            if metric == "energy_mJ" and cfg.space.supernet is not None:
+                continue  # counted from each candidate's own layers (hwnas.devices.energy.CandidateEnergy)
             if metric in ("energy_mJ", "power_W"):
                 make = (f"hwnas devices measure {device.name} --space {space}" if cfg.space.supernet
                         else f"hwnas devices add {device.name} --space {space} --samples FILE.csv")

@@ -471,7 +471,9 @@ def _export_one(rb: Rebuilder, choice: Choice, folder: Path, formats: Sequence[s
         raise HwnasError(f"parity check failed for candidate {cand.id}: {what}: {detail} on {len(y_val)} val "
                          f"images; nothing was written")
     if device_cfg is not None:
-        info["measured_at_export"] = _measure_files(folder, files, device_cfg, info["input"]["shape"])
+        measured = _measure_files(folder, files, device_cfg, info["input"]["shape"])
+        _compare_with_run(measured, info, device_cfg, int8=searched is not model)
+        info["measured_at_export"] = measured
     if evaluate:
         X_test, y_test = rb.data.test
         info["test_accuracy"] = {"images": int(len(y_test)), "torch": accuracy(_torch_fn(model), X_test, y_test),
@@ -503,6 +505,18 @@ def _measure_files(folder: Path, files: Dict, dcfg, input_shape) -> Dict:
         out["files"][fmt] = {"latency_ms": m.latency_ms, "median_ms": m.median_ms, "iqr_ms": m.iqr_ms,
                              "repeats": m.repeats, "runtime": "onnxruntime" if fmt.startswith("onnx") else "torch"}
     return out
+
+
+def _compare_with_run(measured: Dict, info: Dict, dcfg, int8: bool) -> None:
+    """Beside the timings: which file is the model the run measured (what its backend ran) and its latency
+    now over the run's figure - the check that what ships is as fast as what was searched."""
+    searched = {"onnxruntime-cpu": "onnx-int8" if int8 else "onnx", "torch-cpu": "state_dict"}.get(dcfg.backend)
+    run = info["values"].get("latency_ms", info["values"].get(f"latency_ms@{dcfg.name}", {})).get("measured")
+    if searched not in measured["files"] or run is None:
+        return
+    measured["searched_format"] = searched
+    measured["run_latency_ms"] = run
+    measured["ratio_to_run"] = measured["files"][searched]["latency_ms"] / run
 
 
 def _write_json(path: Path, info: Dict) -> None:
@@ -649,7 +663,11 @@ def model_card(info: Dict) -> str:
         for fmt, t in m["files"].items():
             lines.append(f"| `{info['files'][fmt]['file']}` | {t['runtime']} | {t['latency_ms']:.3f} | "
                          f"{t['median_ms']:.3f} | {t['iqr_ms']:.3f} |")
-        if "measured" in run_latency:
+        if "ratio_to_run" in m:
+            lines += ["", f"The run measured {m['run_latency_ms']:.3f} ms with its backend "
+                          f"({dev[m['device']]['backend']}), which ran the model `{info['files'][m['searched_format']]['file']}` "
+                          f"holds: {m['ratio_to_run']:.2f}x that figure now."]
+        elif "measured" in run_latency:
             lines += ["", f"The run measured {run_latency['measured']:.3f} ms with its backend "
                           f"({dev[m['device']]['backend']})."]
     if "test_accuracy" in info:

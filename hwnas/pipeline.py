@@ -55,6 +55,7 @@ class Experiment:
         self.space = self.space_backend.space
         self.predictors: Dict[str, object] = {}
         self._cost_models: Dict[str, object] = {}  # device name -> its cost model on this space
+        self._counted_energy: Dict[str, object] = {}  # metric key -> CandidateEnergy (no profile can say)
         self.progress = progress
         # Every stored candidate, read once (a resume starts from them) and kept current in memory,
         # so a generation's evaluation does not re-read the whole store.
@@ -147,12 +148,37 @@ class Experiment:
         """
         if key not in self.predictors:
             metric = next(m for m in self.metrics if m.key == key)
-            model = self._device_cost_model(metric)
-            if model is not None:
+            counted = self._candidate_energy(metric)
+            model = self._device_cost_model(metric) if counted is None else None
+            if counted is not None:
+                self.predictors[key] = counted.predict
+            elif model is not None:
                 self.predictors[key] = lambda G, model=model, name=metric.metric: model.predict(G)[name]
             else:
                 self.predictors[key] = self._fitted_predictor(key)
         return self.predictors[key]
+
+    def _candidate_energy(self, metric: Metric):
+        """Energy counted from each candidate's own layers (:class:`hwnas.devices.energy.CandidateEnergy`)
+        where a device profile cannot give it: a supernet space searched with compression (profiles
+        know architectures only), or a device here without a profile. None: the profile's cost model."""
+        if metric.metric != "energy_mJ" or not isinstance(self.space_backend, SupernetSpace):
+            return None
+        from hwnas.devices.registry import find_device
+
+        profile = find_device(metric.device)
+        if profile is not None and not self.space_backend.joint.parts:
+            return None
+        if metric.key not in self._counted_energy:
+            from hwnas.devices.energy import CandidateEnergy
+            from hwnas.devices.spaces import device_space
+
+            backend = self.space_backend
+            dcfg = next(d for d in self.cfg.devices if d.name == metric.device)
+            self._counted_energy[metric.key] = CandidateEnergy(
+                backend.supernet, backend.space, device_space(backend.device_space).input_shape, dcfg.batch_size,
+                profile.spec.precision if profile is not None else "fp32")
+        return self._counted_energy[metric.key]
 
     def _device_cost_model(self, metric: Metric):
         if metric.device is None:
@@ -210,6 +236,9 @@ class Experiment:
 
         out = []
         for m in self.metrics:
+            if m.source == "predicted" and self._candidate_energy(m) is not None:
+                out.append(m.key)
+                continue
             model = self._device_cost_model(m) if m.source == "predicted" else None
             if model is not None and model.labels[m.metric] == ESTIMATED:
                 out.append(m.key)
@@ -227,6 +256,9 @@ class Experiment:
             loc = self.locations.get(m.device)
             if loc is not None and not loc.here:
                 out[m.key] = f"{m.device} is external: {loc.where}"
+            elif m.key in estimated and self._candidate_energy(m) is not None:
+                out[m.key] = ("no energy meter here: an analytical estimate from each candidate's own layers "
+                              "(int8 units as int8, pruned layers as they run)")
             elif m.key in estimated:
                 out[m.key] = "no energy meter here: an analytical estimate from the device profile"
             else:

@@ -258,6 +258,7 @@ def test_joint_search_end_to_end_from_yaml(tmp_path):
     path = write(tmp_path, {"pruning": {"keep": [0.5, 1.0]}},
                  devices=[{"name": "local-cpu", "batch_size": 4, "warmup": 1, "repeats": 3}],
                  objectives={"accuracy": {"goal": "max", "source": "predicted"}, "latency_ms": "min"},
+                 budgets=["latency_ms <= 1000", "energy_mJ <= 1000"],  # local-cpu has no profile: energy counted
                  strategy={"population": 4, "generations": 1, "seed": 0, "initial_samples": 5},
                  accuracy_eval={"calib_images": 64, "images": 200})
     out = tmp_path / "run"
@@ -275,6 +276,9 @@ def test_joint_search_end_to_end_from_yaml(tmp_path):
                          for r in front)
     report = (out / "report.md").read_text()
     assert "dimensions: architecture, pruning, quantization" in report and "onnxruntime-cpu" in report
+    # Energy of every candidate counted from its own layers, labelled as the estimate it is.
+    assert all(float(r["energy_mJ"]) > 0 and r["energy_mJ_source"] == "estimated" for r in rows)
+    assert "each candidate's own layers" in report
 
     # The user's next step: export a compressed candidate as searched (its int8 QDQ graph, its pruned layers).
     import json
@@ -284,17 +288,36 @@ def test_joint_search_end_to_end_from_yaml(tmp_path):
     pick = next(r for r in rows if "int8=" in r["arch"] and r["accuracy_source"] == "measured")
     exported = tmp_path / "export"
     assert main(["export", str(out), "--pick", pick["id"], "--format", "onnx,onnx-int8,pt2", "--out",
-                 str(exported)]) == 0
+                 str(exported), "--measure"]) == 0
     [folder] = [p for p in exported.iterdir() if (p / "model.json").is_file()] or [exported]
     info = json.loads((folder / "model.json").read_text())
     parity = info["parity"]["formats"]
     assert parity["onnx-int8"]["top1_agreement"] >= 0.99 and parity["onnx-int8"]["required"]
     assert parity["onnx"]["max_abs_diff"] <= 1e-4 and info["int8_units"]
     assert info["reproduced"]["accuracy"] == pytest.approx(float(pick["accuracy"]), abs=1e-9)  # the searched int8 model
+    timed = info["measured_at_export"]  # the QDQ file is what the run timed; its figure sits beside it
+    assert timed["searched_format"] == "onnx-int8" and 0.25 < timed["ratio_to_run"] < 4
     model = hwnas.load(folder)  # the pruned fp32 layers load into their own (narrower) skeleton
     n_params = sum(p.numel() for p in model.parameters())
     full = hwnas.supernets.load_default().extract(hwnas.supernets.load_default().largest_config())
     assert n_params < sum(p.numel() for p in full.parameters())
+
+
+def test_candidate_energy_counts_int8_units_and_pruned_stages(default, data):
+    """The search's energy of a genome is the estimate of the model that genome materializes."""
+    from hwnas.devices.energy import CandidateEnergy, estimate_model
+
+    joint = JointSpace(default, ["architecture", "pruning", "quantization"])
+    counted = CandidateEnergy(default, joint.space, data.input_shape, batch_size=8)
+    config = with_values(default.largest_config(), quant__block4="int8", quant__head="int8")
+    config = {**{v.name: "fp32" for v in joint.space.variables if v.name.startswith("quant.")},
+              **{v.name: 1.0 for v in joint.space.variables if v.name.startswith("prune.")}, **config}
+    variants = [config, {**config, **all_stages(default, 0.5)}, {**config, "quant.block4": "fp32", "quant.head": "fp32"}]
+    predicted = counted.predict(np.stack([joint.space.encode(c) for c in variants]))
+    for config, value in zip(variants, predicted):
+        model = materialize(default, config, data.train[0], 64, 0)
+        assert value == pytest.approx(estimate_model(model, data.input_shape, batch_size=8)["energy_mJ"], rel=1e-9)
+    assert predicted[1] < predicted[0] < predicted[2]  # pruned < int8 units < all fp32
 
 
 def test_energy_estimate_knows_int8_layers_and_pruned_channels(default, data):

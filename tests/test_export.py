@@ -106,10 +106,15 @@ def test_measure_and_evaluate_go_into_the_card(exported):
     timed = info["measured_at_export"]
     assert timed["device"] == "local-cpu" and timed["batch_size"] == 4
     assert set(timed["files"]) == set(info["files"]) and all(t["latency_ms"] > 0 for t in timed["files"].values())
+    # The run's backend (onnxruntime) ran the fp32 graph: the file that is the searched model, beside its figure
+    # (same batch, same unit: a per-image or per-batch mix-up would be 4x off; timing noise is not).
+    assert timed["searched_format"] == "onnx"
+    assert timed["run_latency_ms"] == pytest.approx(info["values"]["latency_ms"]["measured"])
+    assert 0.25 < timed["ratio_to_run"] < 4
     test = info["test_accuracy"]
     assert test["images"] == 2000 and test["onnx"] == pytest.approx(test["torch"], abs=2e-3)
     card = (exported / "model_card.md").read_text()
-    assert "## Measured at export" in card and "## Test accuracy" in card
+    assert "## Measured at export" in card and "## Test accuracy" in card and "x that figure now" in card
 
 
 def _run_isolated(code: str, cwd) -> subprocess.CompletedProcess:

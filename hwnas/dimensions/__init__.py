@@ -265,12 +265,15 @@ def check_experiment(cfg, path) -> None:
         metric = split_metric(key)[0]
         if metric not in COST_METRICS or (source == "measured" or (source is None and metric == "latency_ms")):
             continue
+        if metric == "energy_mJ":
+            continue  # counted from each candidate's own layers (hwnas.devices.energy.CandidateEnergy)
         device = cfg.metric_device(key)
         if find_device(device.name) is not None:
             raise ConfigError(path, f"objectives.{key}" if source else "budgets",
                               f"device {device.name!r}'s cost model knows architectures only, not "
                               f"{' or '.join(compression)}; measure {metric} (source: measured)"
-                              + ("" if metric == "latency_ms" else " or leave it out"))
+                              + ("" if metric == "latency_ms" else " or leave it out (energy_mJ is counted from "
+                                                                     "each candidate's layers)"))
 
 
 # The shipped dimensions register themselves on import.

@@ -123,8 +123,12 @@ class Quantization(Dimension):
     def precision(self, unit: Unit, values: Dict[str, Any]) -> str:
         return values.get(self.key(unit.name), "fp32")
 
+    def int8_paths(self, values: Dict[str, Any], units: Sequence[Unit]) -> List[str]:
+        """The module paths (in the extracted model) that run in int8."""
+        return [p for u in units if self.precision(u, values) == "int8" for p in u.paths]
+
     def deploy(self, model: nn.Module, values: Dict[str, Any], units: Sequence[Unit], calibration):
-        paths = [p for u in units if self.precision(u, values) == "int8" for p in u.paths]
+        paths = self.int8_paths(values, units)
         if not paths:
             return model
         images = torch.cat(list(calibration))[:QUANT_CALIB_IMAGES]
