@@ -152,7 +152,7 @@ def test_table_search_on_a_device_that_is_not_a_column(tmp_path, device_home, nb
     ("backend_on_external", "devices[0].backend"),
     ("neither_column_nor_profile", "devices[0].name"),
     ("profile_without_the_space", "objectives.latency_ms"),
-    ("energy_without_profile", "objectives.energy_mJ"),
+    ("power_without_profile", "objectives.power_W"),
 ])
 def test_device_files_that_cannot_run_are_refused_before_anything_is_written(tmp_path, device_home, nb201_rows,
                                                                             capsys, case, key):
@@ -169,9 +169,10 @@ def test_device_files_that_cannot_run_are_refused_before_anything_is_written(tmp
             "devices": [{"name": "pixel7"}], "objectives": {"flops": "min",
                                                             "latency_ms": {"goal": "min", "source": "predicted"}}})
     else:
-        path = write_yaml(tmp_path / "energy.yaml", {
-            "name": "energy", "space": {"supernet": "elastic_mbv3"}, "devices": [{"name": "local-cpu"}],
-            "objectives": {"accuracy": "max", "energy_mJ": {"goal": "min", "source": "predicted"}}})
+        # energy_mJ needs no profile on a supernet space (counted from each candidate's layers); power does
+        path = write_yaml(tmp_path / "power.yaml", {
+            "name": "power", "space": {"supernet": "elastic_mbv3"}, "devices": [{"name": "local-cpu"}],
+            "objectives": {"accuracy": "max", "power_W": {"goal": "min", "source": "predicted"}}})
     before = sorted(p.name for p in tmp_path.iterdir())
     for command in (["validate", str(path)], ["run", str(path), "--out", str(tmp_path / "run")]):
         capsys.readouterr()
