@@ -346,6 +346,24 @@ class OnnxRuntimeCPUBackend(_Backend):
             runs.append(lambda session=session, feeds=feeds: session.run(None, feeds))
         return time_interleaved(runs, energy=_rapl_meter(), **self._timing())
 
+    def measure_sessions(self, items: Sequence[Tuple[object, Sequence[int]]]) -> List[Measurement]:
+        """Time ONNX models already in sessions, each on an input of its shape, interleaved.
+
+        One session (of a model with free image sizes) may serve several items, and items of one
+        shape share one input array: a lookup table of thousands of entries needs neither a
+        session nor an input per entry (:mod:`hwnas.devices.lut`).
+        """
+        from .onnx import INPUT_NAME
+
+        inputs: dict = {}
+        runs = []
+        for session, shape in items:
+            shape = tuple(shape)
+            if shape not in inputs:
+                inputs[shape] = {INPUT_NAME: self._input(shape).numpy()}
+            runs.append(lambda session=session, feeds=inputs[shape]: session.run(None, feeds))
+        return time_interleaved(runs, energy=_rapl_meter(), **self._timing())
+
 
 @BACKENDS.register("torch-cuda")
 class TorchCUDABackend(_Backend):

@@ -251,3 +251,223 @@ def read_lut(path, dspace: SupernetDeviceSpace) -> Tuple[Dict[str, Dict[str, flo
 
 def _jsonable(kwargs: dict) -> dict:
     return json.loads(json.dumps(kwargs, default=list))
+
+
+# --------------------------------------------------------------------------- compressed tables
+# A space searched with compression dimensions (pruning, quantization) has a table of its own,
+# ``lut-compressed-<space>.json``: every part under every option of the variables acting on it
+# (Dimension.acts_on), keyed by the architecture key plus the dimensions' cost keys, e.g.
+# ``block3_k5_e4_p0.75_int8@20``, ``stem_int8@16`` (keep 1.0 and fp32 add nothing, so those
+# keys are the architecture table's). int8 is measured, never derived from fp32: onnxruntime's
+# int8 is slower than fp32 for some blocks. The file also holds its calibration samples: whole
+# compressed sub-networks (their flat configs) timed on the same backend.
+COMPRESSED_FORMAT = 1
+COMPRESSED = "lut-compressed"  # the file prefix (profile.file(COMPRESSED, space, "json"))
+CALIBRATION_IMAGES = 8  # random inputs setting BatchNorm statistics / int8 ranges: neither changes the layers
+
+
+class _Block(nn.Module):
+    """One extracted block where a sub-network has it (``blocks.0``), so a unit's paths apply."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.blocks = nn.Sequential(block)  # as in MobileNetV3Subnet: the same ONNX node scopes
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
+def compression_dimensions(options: Dict[str, dict]):
+    """The compression dimensions named in ``options`` (name -> their choices), in registry order."""
+    from hwnas.dimensions import dimension, names
+
+    return [dimension(n, options[n]) for n in names() if n in options and n != "architecture"]
+
+
+def normalized_options(dimensions: Sequence[str], options: Optional[Dict[str, dict]] = None) -> Dict[str, dict]:
+    """``{dimension: its choices with defaults filled in}`` for the compression dimensions listed."""
+    from hwnas.dimensions import dimension
+
+    options = options or {}
+    return {d: dimension(d, options.get(d)).options.model_dump()
+            for d in dimensions if d != "architecture"}
+
+
+def _variants(supernet, dims, unit) -> List[Dict[str, object]]:
+    """Every combination of the options of the variables acting on ``unit`` (values dicts)."""
+    variants: List[Dict[str, object]] = [{}]
+    for dim in dims:
+        name = dim.acts_on(unit)
+        if name is None:
+            continue
+        options = next(v.options for v in dim.variables(supernet) if v.name == name)
+        variants = [{**v, name: o} for v in variants for o in options]
+    return variants
+
+
+def _suffix(dims, unit, values) -> str:
+    return "".join(d.cost_key(unit, d.own(values)) for d in dims)
+
+
+def _int8_paths(dims, units, values) -> List[str]:
+    return [p for d in dims if hasattr(d, "int8_paths") for p in d.int8_paths(d.own(values), units)]
+
+
+@torch.no_grad()
+def compressed_parts(dspace: SupernetDeviceSpace, options: Dict[str, dict]):
+    """``(models, entries)``: a factory per distinct part model (``model id -> () -> ONNX bytes``,
+    free image size where one model serves every resolution) and ``(key, model id, input shape)`` per entry."""
+    import copy
+
+    from hwnas.dimensions import Unit
+
+    from hwnas.dimensions.quantization import onnx_scope
+
+    from .onnx import quantize_int8, to_onnx
+
+    net = _check_supported(dspace)
+    dims = compression_dimensions(options)
+    kw = net.init_kwargs
+    rng = torch.Generator().manual_seed(0)
+    models: Dict[str, Callable[[], bytes]] = {}
+    entries: List[Tuple[str, str, Tuple[int, ...]]] = []
+
+    def add(model_id, part, unit, values, shape, dynamic):
+        def build(part=part, unit=unit, values=values, shape=shape):
+            model = copy.deepcopy(part()).eval()
+            for dim in dims:
+                model = dim.restructure(model, dim.own(values), [unit])
+            example = torch.randn(CALIBRATION_IMAGES, *shape, generator=rng)
+            onnx_bytes = to_onnx(model, example[:1], dynamic_batch=True, dynamic_size=dynamic)
+            paths = _int8_paths(dims, [unit], values)
+            return quantize_int8(onnx_bytes, [example], [onnx_scope(p) for p in paths]) if paths else onnx_bytes
+        models.setdefault(model_id, build)
+
+    for r in kw["resolutions"]:
+        stem = _Stem(r, net.stem).eval()
+        unit = Unit("stem", None, ("stem",))
+        for values in _variants(net, dims, unit):  # the resize is part of it: one model per resolution
+            key = entry_key("stem" + _suffix(dims, unit, values), r)
+            add(key, lambda stem=stem: stem, unit, values, tuple(dspace.input_shape), False)
+            entries.append((key, key, tuple(dspace.input_shape)))
+        x = stem(torch.zeros(1, *dspace.input_shape))
+        for slot in range(len(net.blocks)):
+            shape = tuple(x.shape[1:])
+            unit = Unit(f"block{slot}", slot // net.max_depth, ("blocks.0",))
+            for k in kw["kernel_sizes"]:
+                for e in kw["expand_ratios"]:
+                    for values in _variants(net, dims, unit):
+                        part = block_part(slot, k, e) + _suffix(dims, unit, values)
+                        add(part, lambda slot=slot, k=k, e=e: _Block(net.blocks[slot].extract(k, e)), unit, values,
+                            shape, True)
+                        entries.append((entry_key(part, r), part, shape))
+            x = net.blocks[slot].extract(kw["kernel_sizes"][0], kw["expand_ratios"][0])(x)
+        head = _Head(net.head, net.classifier).eval()
+        unit = Unit("head", None, ("head", "classifier"))
+        for values in _variants(net, dims, unit):
+            part = "head" + _suffix(dims, unit, values)
+            add(part, lambda head=head: head, unit, values, tuple(x.shape[1:]), True)
+            entries.append((entry_key(part, r), part, tuple(x.shape[1:])))
+    return models, entries
+
+
+def measure_compressed_table(dspace: SupernetDeviceSpace, backend, options: Dict[str, dict],
+                             progress: Optional[Callable[[str], None]] = None,
+                             warmup_repeats: int = 3) -> Dict[str, Dict[str, float]]:
+    """Time every compressed-table entry alone on ``backend`` (onnxruntime): ``{key: {latency_ms, iqr_ms}}``.
+
+    One session per distinct part model (a block choice under one keep ratio and precision serves
+    all resolutions); a short pass over every entry first, discarded (the first timings of a fresh
+    process come out off, see :func:`hwnas.devices.measure.measure_job`).
+    """
+    from .onnx import session
+
+    if not hasattr(backend, "measure_sessions"):
+        raise HwnasError("a lookup table of compressed parts needs the onnxruntime-cpu backend "
+                         "(int8 units run as onnxruntime QDQ models)")
+    models, entries = compressed_parts(dspace, options)
+    sessions = {}
+    for i, (model_id, build) in enumerate(models.items()):
+        if progress and i % 25 == 0:
+            progress(f"compressed lookup table: building part {i}/{len(models)}")
+        sessions[model_id] = session(build(), backend.threads)
+    items = [(sessions[model_id], shape) for _, model_id, shape in entries]
+    if progress:
+        progress(f"compressed lookup table: timing {len(entries)} entries")
+    saved = backend.repeats, backend.max_repeats
+    backend.repeats = backend.max_repeats = warmup_repeats
+    try:
+        backend.measure_sessions(items)
+    finally:
+        backend.repeats, backend.max_repeats = saved
+    measured = backend.measure_sessions(items)
+    return {key: {"latency_ms": m.latency_ms, "iqr_ms": m.iqr_ms} for (key, _, _), m in zip(entries, measured)}
+
+
+def compressed_unit_keys(dspace: SupernetDeviceSpace, config: Dict[str, object]) -> List[Tuple[str, Optional[int], bool]]:
+    """``(table key, stage or None for stem/head, int8?)`` of every unit ``config`` runs (a flat joint config)."""
+    from hwnas.dimensions import compression_of, units_of
+
+    net = dspace.supernet
+    dims = compression_of(config)
+    r = config["r"]
+    choice = {f"block{b}": (k, e) for b, k, e in net.active_blocks(config)}
+    out = []
+    for unit in units_of(net, config):
+        base = block_part(int(unit.name[5:]), *choice[unit.name]) if unit.is_block else unit.name
+        int8 = any(d.precision(unit, d.own(config)) == "int8" for d in dims if hasattr(d, "precision"))
+        out.append((entry_key(base + _suffix(dims, unit, config), r), unit.stage, int8))
+    return out
+
+
+def compressed_columns(dspace: SupernetDeviceSpace, table: Dict[str, float], configs) -> np.ndarray:
+    """Per config: the table summed over stem + head and each stage's blocks, for fp32 units, then the same
+    for int8 units, then 1 (the columns a compressed cost model is calibrated on)."""
+    n_groups = 1 + dspace.supernet.num_stages
+    out = np.zeros((len(configs), 2 * n_groups + 1))
+    out[:, -1] = 1.0
+    try:
+        for row, config in zip(out, configs):
+            for key, stage, int8 in compressed_unit_keys(dspace, config):
+                row[(0 if stage is None else 1 + stage) + n_groups * int8] += table[key]
+    except KeyError as err:
+        raise HwnasError(f"compressed lookup table of {dspace.name} has no entry {err.args[0]} (measured for other "
+                         "keep ratios or precisions? re-run 'hwnas devices measure' with --dimensions)") from None
+    return out
+
+
+def compressed_document(dspace: SupernetDeviceSpace, options: Dict[str, dict], entries: Dict[str, Dict[str, float]],
+                        samples: List[dict], backend_settings: dict) -> str:
+    """The ``lut-compressed-<space>.json`` text: entries, the dimensions' choices, calibration samples."""
+    net = dspace.supernet
+    return json.dumps({"format": COMPRESSED_FORMAT, "space": dspace.name, "supernet": net.registry_name,
+                       "method": ALONE, "supernet_kwargs": _jsonable(net.init_kwargs),
+                       "input_shape": list(dspace.input_shape), "dimensions": options, "backend": backend_settings,
+                       "entries": entries, "samples": samples}, indent=1)
+
+
+def read_compressed(path, dspace: SupernetDeviceSpace) -> dict:
+    """A ``lut-compressed-<space>.json`` document, checked against the space's supernet."""
+    try:
+        doc = json.loads(open(path).read())
+    except (OSError, json.JSONDecodeError) as err:
+        raise HwnasError(f"cannot read compressed lookup table {path}: {err}") from None
+    if doc.get("format") != COMPRESSED_FORMAT:
+        raise HwnasError(f"{path}: compressed lookup table format {doc.get('format')} (expected {COMPRESSED_FORMAT})")
+    if doc.get("supernet_kwargs") != _jsonable(dspace.supernet.init_kwargs):
+        raise HwnasError(f"{path}: measured for a supernet of another shape than {dspace.name}; "
+                         "re-run 'hwnas devices measure' with --dimensions")
+    return doc
+
+
+def uncovered(doc: dict, options: Dict[str, dict]) -> Optional[str]:
+    """What of the searched ``options`` (normalized) a compressed table does not hold (None: it holds all)."""
+    have = doc.get("dimensions", {})
+    for name, choices in options.items():
+        if name not in have:
+            return f"no {name}"
+        for field, values in choices.items():
+            missing = [v for v in values if v not in have[name].get(field, [])]
+            if missing:
+                return f"{name} {field} {', '.join(map(str, missing))} not measured"
+    return None

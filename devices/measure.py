@@ -88,6 +88,60 @@ def measure_job(space: str, backend: str, settings: dict, progress: Optional[Cal
             "node": _ray_node_id(), "hardware": cpu_name() if KIND_OF_BACKEND.get(backend) == "cpu" else ""}
 
 
+# Whole compressed sub-networks timed to calibrate a compressed table: a per-stage fit with separate
+# fp32 and int8 coefficients has 2 x (stages + 1) + 1 of them (9 on the default supernet), 5+ samples each.
+N_COMPRESSED_CALIBRATION = 60
+
+
+def compressed_calibration_configs(dspace: SupernetDeviceSpace, options: Dict[str, dict],
+                                   n: Optional[int] = None) -> List[dict]:
+    """Flat joint configs: the smallest and largest joint sub-networks, then seeded random ones."""
+    from hwnas.dimensions import JointSpace
+
+    n = n or N_COMPRESSED_CALIBRATION
+
+    space = JointSpace(dspace.supernet, ["architecture", *options], options).space
+    genomes = [space.smallest(), space.largest()]
+    seen = {space.key(g) for g in genomes}
+    for g in space.sample(np.random.default_rng(CALIBRATION_SEED), 20 * n):
+        if len(genomes) < n and space.key(g) not in seen:
+            seen.add(space.key(g))
+            genomes.append(g)
+    return [space.decode(g) for g in genomes]
+
+
+def compressed_models(dspace: SupernetDeviceSpace, configs: List[dict]) -> list:
+    """The models the search measures for ``configs`` (:func:`hwnas.supernets.materialize`: pruned layers,
+    int8 units as QDQ); BatchNorm statistics and int8 ranges come from random inputs, which set numbers,
+    not layers, so latency is the same."""
+    import torch
+
+    from hwnas.supernets import materialize
+
+    from .lut import CALIBRATION_IMAGES
+
+    images = torch.randn(CALIBRATION_IMAGES, *dspace.input_shape, generator=torch.Generator().manual_seed(0))
+    return [materialize(dspace.supernet, c, images, CALIBRATION_IMAGES, 0) for c in configs]
+
+
+def measure_compressed_job(space: str, backend: str, settings: dict, options: Dict[str, dict],
+                           progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Measure the compressed table of ``space`` (``options``: dimension -> choices) and its calibration here."""
+    from .lut import measure_compressed_table
+
+    dspace = device_space(space)
+    runner = create_backend(backend, **settings)
+    entries = measure_compressed_table(dspace, runner, options, progress)
+    configs = compressed_calibration_configs(dspace, options)
+    if progress:
+        progress(f"{len(configs)} whole compressed sub-networks (calibration)")
+    measured = runner.measure_many([(m, dspace.input_shape) for m in compressed_models(dspace, configs)])
+    rows = [{"config": c, "latency_ms": m.latency_ms, "median_ms": m.median_ms, "iqr_ms": m.iqr_ms}
+            for c, m in zip(configs, measured)]
+    return {"entries": entries, "samples": rows, "host": socket.gethostname(), "node": _ray_node_id(),
+            "hardware": cpu_name() if KIND_OF_BACKEND.get(backend) == "cpu" else ""}
+
+
 def _ray_node_id() -> Optional[str]:
     try:
         import ray
@@ -97,7 +151,7 @@ def _ray_node_id() -> Optional[str]:
         return None
 
 
-def _run_on_ray(resource: str, *args) -> dict:
+def _run_on_ray(resource: str, *args, job=measure_job) -> dict:
     import ray
 
     if not ray.is_initialized():
@@ -105,7 +159,7 @@ def _run_on_ray(resource: str, *args) -> dict:
     if resource not in ray.cluster_resources():
         raise HwnasError(f"no Ray node offers the resource {resource!r} (start the device's node with "
                          f"--resources='{{\"{resource}\": 1}}')")
-    task = ray.remote(num_cpus=1, resources={resource: 1}, max_retries=0)(measure_job)
+    task = ray.remote(num_cpus=1, resources={resource: 1}, max_retries=0)(job)
     try:
         return ray.get(task.remote(*args))
     except ray.exceptions.RayTaskError as err:
@@ -119,13 +173,18 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
                    threads: Optional[int] = None, home: Optional[os.PathLike] = None,
                    hardware: Optional[str] = None, ray_resource: Optional[str] = None,
                    progress: Optional[Callable[[str], None]] = None, table_timing: Optional[str] = None,
-                   clock: Optional[str] = None, statistic: Optional[str] = None, **timing) -> Dict:
+                   clock: Optional[str] = None, statistic: Optional[str] = None,
+                   dimensions: Optional[Dict[str, dict]] = None, **timing) -> Dict:
     """Measure ``space`` on ``backend`` for device ``name`` and store table + samples in its profile.
 
     Settings not given come from the existing profile, else batch 32, 1 thread, wall clock,
     minimum of the runs (the profile keeps them: a run on the device times alike); ``timing``
     (warmup, repeats, max_repeats, rel_ci) goes to the backend. Returns a
     summary: entries and samples counts, noise (median IQR / median), where it ran.
+
+    ``dimensions`` (compression dimension -> its choices, e.g. ``{"pruning": {"keep": [0.5, 1.0]},
+    "quantization": {}}``): measure the compressed table ``lut-compressed-<space>.json`` instead
+    (onnxruntime-cpu only), leaving the profile's architecture table and samples as they are.
     """
     if backend not in BACKENDS:
         raise HwnasError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS.names())}")
@@ -142,6 +201,9 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
     runner_settings = {**settings, **DEFAULT_TIMING, **timing}
     resource = ray_resource or fields.get("ray_resource")
     args = (dspace.name, backend, runner_settings)
+    if dimensions is not None:
+        return _measure_compressed(dspace, backend, dimensions, fields, settings, runner_settings, resource,
+                                   existing, home, hardware, progress)
     result = (_run_on_ray(resource, *args, None, table_timing) if resource
               else measure_job(*args, progress, table_timing))
 
@@ -176,6 +238,46 @@ def measure_device(name: str, space: str, backend: str = "torch-cpu", batch_size
             "host": result["host"], "node": result["node"], "settings": settings}
 
 
+def _measure_compressed(dspace, backend, dimensions, fields, settings, runner_settings, resource, existing, home,
+                        hardware, progress) -> Dict:
+    from .lut import COMPRESSED, compressed_document, normalized_options
+
+    if backend != "onnxruntime-cpu":
+        raise HwnasError(f"--dimensions: a compressed lookup table is timed on onnxruntime-cpu (int8 units run "
+                         f"as onnxruntime QDQ models), not {backend}; allowed: --backend onnxruntime-cpu")
+    if not dimensions:
+        raise HwnasError("--dimensions: name at least one compression dimension; allowed: pruning, quantization")
+    from hwnas.dimensions import JointSpace
+
+    try:
+        options = normalized_options(list(dimensions), dimensions)
+        JointSpace(dspace.supernet, ["architecture", *options], options)  # the supernet can do them
+    except ValueError as err:  # pydantic: a choice out of range
+        raise HwnasError(f"--dimensions: {str(err).splitlines()[-1].strip()}") from None
+    args = (dspace.name, backend, runner_settings, options)
+    result = (_run_on_ray(resource, *args, job=measure_compressed_job) if resource
+              else measure_compressed_job(*args, progress))
+    if not existing or not fields.get("backend"):
+        fields.update(settings, backend=backend)
+    fields["ray_resource"] = resource
+    fields.setdefault("kind", KIND_OF_BACKEND.get(backend, "other"))
+    if hardware or not fields.get("hardware"):
+        fields["hardware"] = hardware or result["hardware"]
+    fields.setdefault("source", f"measured with hwnas devices measure ({backend}) on host {result['host']}")
+    fields.setdefault("host", result["host"])
+    fields["labels"] = [label for label in fields.get("labels", []) if label != "shipped"]
+    fields["spaces"] = {**fields.get("spaces", {}), dspace.slug: dspace.name}
+    document = compressed_document(dspace, options, result["entries"], result["samples"],
+                                   {"name": backend, "host": result["host"], **runner_settings})
+    profile = save_device(DeviceSpec(**{k: v for k, v in fields.items() if v is not None}),
+                          {f"{COMPRESSED}-{dspace.slug}.json": document}, home, base=existing)
+    rows = result["samples"]
+    return {"profile": profile, "entries": len(result["entries"]), "samples": len(rows),
+            "noise_entries": float(np.median([e["iqr_ms"] / e["latency_ms"] for e in result["entries"].values()])),
+            "noise_samples": float(np.median([r["iqr_ms"] / r["median_ms"] for r in rows])),
+            "host": result["host"], "node": result["node"], "settings": settings, "dimensions": options}
+
+
 # --------------------------------------------------------------------------- re-anchoring
 def reanchor_obstacle(model) -> Optional[str]:
     """Why ``model``'s references cannot be re-timed here (None: they can).
@@ -183,12 +285,17 @@ def reanchor_obstacle(model) -> Optional[str]:
     Possible for a supernet cost model whose profile a local backend measured on this host
     (not through a Ray node) and whose samples hold the space's reference sub-networks.
     """
-    from .predictors import SupernetCostModel
+    from .predictors import CompressedCostModel, SupernetCostModel
 
     spec = model.profile.spec
     obstacle = profile_obstacle(spec)
     if obstacle is not None:
         return obstacle
+    if isinstance(model, CompressedCostModel):
+        host = model.document["backend"].get("host")
+        if host != socket.gethostname():
+            return f"profile {spec.name!r}'s compressed table was measured on host {host or 'unknown'!r}, not this one"
+        return None if len(model.configs) >= 10 else f"profile {spec.name!r}'s compressed table has no references"
     if not isinstance(model, SupernetCostModel) or model.samples is None:
         return "only latency predicted from a supernet lookup table measured by 'hwnas devices measure' can be re-anchored"
     if not set(model.dspace.reference_archs()) <= set(model.samples.archs):
@@ -211,10 +318,7 @@ def reference_drift(model, settings: dict) -> float:
     ``settings``: the backend settings of the run's device block (batch, threads, clock,
     statistic, warm-up); timed interleaved, with the repeats of ``hwnas devices measure``.
     """
-    dspace, samples = model.dspace, model.samples
-    then = dict(zip(samples.archs, samples.values["latency_ms"]))
-    archs = dspace.reference_archs()
-    runner = create_backend(model.profile.spec.backend, **{**settings, **DEFAULT_TIMING})
-    models = [dspace.supernet.extract(dspace.space.decode(dspace.parse_arch(a))) for a in archs]
-    now = [m.latency_ms for m in runner.measure_many([(m, dspace.input_shape) for m in models])]
-    return float(np.median(np.array(now) / np.array([then[a] for a in archs])))
+    models, then, backend = model.reference_items()
+    runner = create_backend(backend, **{**settings, **DEFAULT_TIMING})
+    now = [m.latency_ms for m in runner.measure_many([(m, model.dspace.input_shape) for m in models])]
+    return float(np.median(np.array(now) / then))

@@ -22,8 +22,12 @@ INPUT_NAME, OUTPUT_NAME = "input", "output"
 OPSET = 17
 
 
-def to_onnx(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> bytes:
+def to_onnx(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool = False,
+            dynamic_size: bool = False) -> bytes:
     """``model`` (eval mode) as ONNX bytes, traced on ``example``; exporter failures as one line.
+
+    ``dynamic_size``: the image height and width are free too (one session of a lookup-table
+    part serves every resolution it runs at, :mod:`hwnas.devices.lut`).
 
     A model that carries its own deployed form (``deployed_onnx``: a quantized candidate's QDQ
     int8 model, always with a dynamic batch) returns that.
@@ -32,7 +36,13 @@ def to_onnx(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool =
     if deployed is not None:
         return deployed(example)
     buffer = io.BytesIO()
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    batch = {0: "batch"} if dynamic_batch else {}
+    axes = {INPUT_NAME: batch, OUTPUT_NAME: batch} if dynamic_batch else None
+    if dynamic_size:
+        with torch.no_grad():
+            images_out = model.eval()(example).dim() == 4  # a block's output is an image too, a head's is not
+        size = {2: "height", 3: "width"}
+        axes = {INPUT_NAME: batch | size, OUTPUT_NAME: batch | (size if images_out else {})}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for one input shape

@@ -32,7 +32,7 @@ from hwnas.errors import HwnasError
 
 from .energy import ESTIMATED, Counts, energy_mJ, power_W
 from .registry import METRIC_COLUMNS, DeviceProfile, Samples, fit_samples, get_device
-from .spaces import DeviceSpace, SupernetDeviceSpace, TabularDeviceSpace, device_space
+from .spaces import N_REFERENCES, DeviceSpace, SupernetDeviceSpace, TabularDeviceSpace, device_space
 
 FITTED, DERIVED = "fitted", "derived"
 
@@ -236,6 +236,14 @@ class SupernetCostModel(CostModel):
     def _refit(self, samples: Samples) -> "SupernetCostModel":
         return SupernetCostModel(self.profile, self.dspace, samples)
 
+    def reference_items(self):
+        """The space's reference sub-networks as models to re-time, their latency in the profile, the backend."""
+        dspace = self.dspace
+        then = dict(zip(self.samples.archs, self.samples.values["latency_ms"]))
+        archs = dspace.reference_archs()
+        models = [dspace.supernet.extract(dspace.space.decode(dspace.parse_arch(a))) for a in archs]
+        return models, np.array([then[a] for a in archs]), self.profile.spec.backend
+
     def predict(self, genomes) -> Dict[str, np.ndarray]:
         if self.latency_coef is not None:
             latency = self._stages(self.table, genomes) @ self.latency_coef
@@ -248,6 +256,62 @@ class SupernetCostModel(CostModel):
         sums = self._sum(self.energy, genomes)
         energy = np.maximum(a * sums + b, self.energy_floor * sums)
         return {"latency_ms": latency, "energy_mJ": energy, "power_W": energy / latency}
+
+
+class CompressedCostModel(CostModel):
+    """Latency of compressed candidates (a joint space's genomes) from the profile's compressed table.
+
+    Each candidate's units are looked up by architecture choice, keep ratio and precision
+    (:func:`hwnas.devices.lut.compressed_unit_keys`), summed per stage separately for fp32 and int8
+    units, and calibrated on the whole compressed sub-networks the table file holds: one non-negative
+    coefficient per (stem + head or stage) x precision plus a constant (NNLS), so what parts timed alone
+    miss (int8 Quantize/Dequantize at part borders, cache state) is fitted per precision. Energy is
+    the count of each candidate's own layers (:class:`hwnas.devices.energy.CandidateEnergy`,
+    ``estimated``), power = energy / predicted latency.
+    """
+
+    def __init__(self, profile: DeviceProfile, dspace: SupernetDeviceSpace, joint):
+        from .energy import CandidateEnergy
+        from .lut import COMPRESSED, compressed_columns, read_compressed
+
+        super().__init__(profile, dspace, None)
+        self.joint = joint
+        self.path = profile.file(COMPRESSED, dspace.name, "json")
+        doc = read_compressed(self.path, dspace)
+        self.document = doc
+        self.table = {key: entry["latency_ms"] for key, entry in doc["entries"].items()}
+        self.configs = [row["config"] for row in doc["samples"]]
+        self.measured = np.array([row["latency_ms"] for row in doc["samples"]])
+        self.latency_coef = nnls(compressed_columns(dspace, self.table, self.configs), self.measured)[0]
+        self.latency_scale = 1.0
+        self.energy = CandidateEnergy(joint.supernet, joint.space, dspace.input_shape, profile.spec.batch_size,
+                                      profile.spec.precision)
+        self.method = (f"compressed lookup table ({len(self.table)} parts timed alone), calibrated per stage and "
+                       f"precision on {len(self.configs)} whole compressed sub-networks")
+        self.labels = {"latency_ms": FITTED, "energy_mJ": ESTIMATED, "power_W": ESTIMATED}
+
+    @property
+    def space(self):
+        return self.joint.space
+
+    def latency(self, configs) -> np.ndarray:
+        """Predicted latency (ms) of flat joint configs, before re-anchoring."""
+        from .lut import compressed_columns
+
+        return compressed_columns(self.dspace, self.table, configs) @ self.latency_coef
+
+    def reference_items(self):
+        """The first 10 calibration sub-networks as models to re-time, and their latency in the profile."""
+        from .measure import compressed_models
+
+        configs = self.configs[:N_REFERENCES]
+        return compressed_models(self.dspace, configs), self.measured[:N_REFERENCES], self.document["backend"]["name"]
+
+    def predict(self, genomes) -> Dict[str, np.ndarray]:
+        G = np.atleast_2d(np.asarray(genomes, dtype=np.int64))
+        latency = self.latency([self.joint.space.decode(g) for g in G]) * self.latency_scale
+        energy = self.energy.predict(G)
+        return {"latency_ms": latency, "energy_mJ": energy, "power_W": power_W(energy, latency)}
 
 
 class TranslatedCostModel(CostModel):
@@ -276,10 +340,17 @@ class TranslatedCostModel(CostModel):
 SAME_KEYS_AS = {"ofa_mbv3_w1": "ofa_mbv3"}
 
 
-def cost_model(device: Union[str, DeviceProfile], space: str, home: Optional[os.PathLike] = None) -> CostModel:
-    """The cost predictor of ``device`` (a name in the registry, or a profile) on ``space``."""
+def cost_model(device: Union[str, DeviceProfile], space: str, home: Optional[os.PathLike] = None,
+               joint=None) -> CostModel:
+    """The cost predictor of ``device`` (a name in the registry, or a profile) on ``space``.
+
+    ``joint``: a :class:`hwnas.dimensions.JointSpace` searched with compression dimensions; its
+    genomes are then predicted from the profile's compressed table (:class:`CompressedCostModel`).
+    """
     profile = device if isinstance(device, DeviceProfile) else get_device(device, home)
     dspace = device_space(space)
+    if joint is not None and joint.parts:
+        return compressed_cost_model(profile, dspace, joint)
     samples = profile.samples(dspace.name) if (profile.has_space(dspace.name) or dspace.kind == "tabular") else None
     samples = fit_samples(samples) if samples is not None else None  # bounded cost for any number of rows
     if isinstance(dspace, TabularDeviceSpace):
@@ -290,3 +361,36 @@ def cost_model(device: Union[str, DeviceProfile], space: str, home: Optional[os.
         tabular = device_space(table)
         return TranslatedCostModel(profile, dspace, TabularCostModel(profile, tabular, profile.samples(table)))
     return SupernetCostModel(profile, dspace, samples)
+
+
+def compressed_cost_model(profile: DeviceProfile, dspace: DeviceSpace, joint) -> CompressedCostModel:
+    """The compressed table's cost model, or why there is none (one line naming the command that makes one)."""
+    options = {d.name: d.options.model_dump() for d in joint.dimensions}
+    problem = compressed_table_problem(profile, dspace.name, options)
+    if problem is not None:
+        raise HwnasError(problem)
+    return CompressedCostModel(profile, dspace, joint)
+
+
+def compressed_table_problem(profile: DeviceProfile, space: str, options: Dict[str, dict],
+                             experiment: Optional[os.PathLike] = None) -> Optional[str]:
+    """Why ``profile`` cannot predict compressed candidates of ``space`` searched with ``options``
+    (compression dimension -> choices); None: its compressed table covers them. The reason names the
+    command that measures one (``--experiment`` with the experiment file when given)."""
+    from .lut import COMPRESSED, normalized_options, read_compressed, uncovered
+
+    dspace = device_space(space)
+    dims = [d for d in options if d != "architecture"]
+    choices = f"--experiment {experiment}" if experiment is not None else f"--dimensions {','.join(dims)}"
+    command = f"'hwnas devices measure {profile.name} --space {space} --backend onnxruntime-cpu {choices}'"
+    if not isinstance(dspace, SupernetDeviceSpace):
+        return f"{space} is a benchmark table: it holds architectures only"
+    path = profile.file(COMPRESSED, space, "json")
+    if not path.is_file():
+        return (f"device {profile.name!r} has no lookup table of compressed parts for {space} (its cost model knows "
+                f"architectures only, not {' or '.join(dims)}); make one with {command}")
+    gap = uncovered(read_compressed(path, dspace), normalized_options(dims, options))
+    if gap is not None:
+        return (f"device {profile.name!r}'s compressed lookup table for {space} does not cover the search ({gap}); "
+                f"re-measure with {command}")
+    return None

@@ -244,14 +244,24 @@ def cmd_measure(args) -> int:
     def progress(text):
         print(f"\r{text}   ", end="", file=sys.stderr, flush=True)
 
+    dimensions = _measured_dimensions(args)
     result = measure_device(args.name, args.space, args.backend, batch_size=args.batch_size, threads=args.threads,
                             home=args.home, hardware=args.hardware, ray_resource=args.ray_resource,
                             progress=None if args.quiet else progress, table_timing=args.table_timing,
-                            clock=args.clock, statistic=args.statistic)
+                            clock=args.clock, statistic=args.statistic, dimensions=dimensions)
     if not args.quiet:
         print(file=sys.stderr)
     s = result["settings"]
     where = f"Ray node {result['node']}" if args.ray_resource or result["profile"].spec.ray_resource else "here"
+    if dimensions is not None:
+        choices = "; ".join(f"{d}: " + ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in o.items())
+                            for d, o in result["dimensions"].items())
+        print(f"measured {result['entries']} compressed lookup-table entries ({choices}) and {result['samples']} "
+              f"whole compressed sub-networks of {args.space} on {args.backend} (batch {s['batch_size']}, "
+              f"{s['threads']} thread(s), {s['clock']} clock, {s['statistic']} of the runs) {where}; noise (median "
+              f"IQR/median): entries {result['noise_entries']:.1%}, sub-networks {result['noise_samples']:.1%}; "
+              f"saved to {result['profile'].path}")
+        return 0
     print(f"measured {result['entries']} lookup-table entries and {result['samples']} reference sub-networks of "
           f"{args.space} on {args.backend} (batch {s['batch_size']}, {s['threads']} thread(s), "
           f"{s['clock']} clock, {s['statistic']} of the runs) {where}; "
@@ -259,6 +269,33 @@ def cmd_measure(args) -> int:
           f"sub-networks {result['noise_samples']:.1%}; saved to {result['profile'].path}")
     print(_fit_summary(result["profile"], args.space))
     return 0
+
+
+def _measured_dimensions(args):
+    """``--dimensions`` (default choices) or ``--experiment`` (its space's dimensions and choices), else None."""
+    if args.dimensions and args.experiment:
+        raise HwnasError("--dimensions and --experiment: give one (the experiment names its dimensions)")
+    if args.experiment:
+        from hwnas.config import parse_config, read_yaml, resolve_paths
+
+        path = Path(args.experiment)  # read, not validated for running: its cost model may need this table
+        cfg = parse_config(resolve_paths(read_yaml(path), path.parent), path)
+        dims = [d for d in cfg.space.dimensions if d != "architecture"]
+        if not dims:
+            raise HwnasError(f"--experiment: {args.experiment} searches architecture only (space.dimensions); "
+                             "measure without --experiment")
+        return {d: cfg.space.dimension_options.get(d) or {} for d in dims}
+    if args.dimensions is None:
+        return None
+    from hwnas.dimensions import names
+
+    dims = [d.strip() for d in args.dimensions.split(",") if d.strip() and d.strip() != "architecture"]
+    allowed = [n for n in names() if n != "architecture"]
+    bad = [d for d in dims if d not in allowed]
+    if bad or not dims:
+        raise HwnasError(f"--dimensions: {'unknown dimension ' + repr(bad[0]) if bad else 'none given'}; "
+                         f"allowed: {', '.join(allowed)} (comma-separated)")
+    return {d: {} for d in dims}
 
 
 def _spaces():
@@ -333,6 +370,10 @@ def register(subparsers) -> None:
     q.add_argument("--table-timing", choices=["alone", "in-context"],
                    help="time the table's parts inside running networks (default where the backend can: "
                         "torch-cpu) or each alone")
+    q.add_argument("--dimensions", help="also key the table by compression: comma-separated pruning, quantization "
+                   "(their default choices); builds lut-compressed-<space>.json on onnxruntime-cpu")
+    q.add_argument("--experiment", help="an experiment file: key the table by the compression dimensions and "
+                   "choices its space searches (instead of --dimensions)")
     q.add_argument("--hardware")
     q.add_argument("--ray-resource", help="run on the Ray node holding this custom resource, e.g. device:NAME")
     q.add_argument("--quiet", action="store_true")

@@ -514,8 +514,28 @@ def _check_cost_model(cfg, path, where: str, profile, metric: str) -> None:
     """The device's cost model is built (and fitted) now, as the run will build it."""
     from hwnas.devices import cost_model
 
+    joint = None
+    compression = [d for d in cfg.space.dimensions if d != "architecture"]
+    if compression and metric == "energy_mJ":
+        return  # counted from each candidate's own layers (hwnas.devices.energy.CandidateEnergy), no table
+    if compression:  # a compression search predicts from the profile's compressed table
+        from hwnas.devices.predictors import compressed_table_problem
+
+        options = {d: cfg.space.dimension_options.get(d) or {} for d in compression}
+        try:
+            problem = compressed_table_problem(profile, device_space_name(cfg), options, path)
+        except HwnasError as err:  # an unreadable table file
+            problem = str(err)
+        if problem is not None:
+            raise ConfigError(path, where, problem)
     try:
-        model = cost_model(profile, device_space_name(cfg))
+        if compression:  # its joint genomes, as the run has them
+            from hwnas.dimensions import JointSpace
+            from hwnas.supernets import checkpoint_path, load_checkpoint
+
+            joint = JointSpace(load_checkpoint(checkpoint_path(cfg.space.checkpoint)), cfg.space.dimensions,
+                               cfg.space.dimension_options)
+        model = cost_model(profile, device_space_name(cfg), joint=joint)
     except HwnasError as err:
         raise ConfigError(path, where, f"device {profile.name!r} cannot predict {metric}: {err}") from None
     if metric not in model.metrics:

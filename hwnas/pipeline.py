@@ -190,7 +190,9 @@ class Experiment:
         from hwnas.devices import cost_model
 
         if metric.device not in self._cost_models:
-            model = cost_model(metric.device, self.space_backend.device_space)
+            # a compression search predicts from the profile's compressed table (its genomes are joint)
+            model = cost_model(metric.device, self.space_backend.device_space,
+                               joint=getattr(self.space_backend, "joint", None))
             self._reanchor(metric.device, model)
             self._cost_models[metric.device] = model
         model = self._cost_models[metric.device]

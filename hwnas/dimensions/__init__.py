@@ -19,6 +19,8 @@ The contract of a dimension (:class:`Dimension`, docs/ARCHITECTURE.md):
   variables; ``units``: every unit the supernet names, ``active``: which of them each genome's
   architecture runs, so genes of switched-off blocks add no noise);
 * ``cost_key(unit, values)``: its part of a unit's cost-model key (lookup tables, energy);
+* ``acts_on(unit)``: the name of its variable that changes ``unit`` (None: none does), so a
+  compressed lookup table (:mod:`hwnas.devices.lut`) times each unit under every option of it;
 * ``describe(values, units)``: a short summary appended to the readable architecture string (its
   variables are result columns of their own, like every search variable: ``prune.stage1``).
 
@@ -91,6 +93,9 @@ class Dimension:
 
     def cost_key(self, unit: Unit, values: Dict[str, Any]) -> str:
         return ""
+
+    def acts_on(self, unit: Unit) -> Optional[str]:
+        return None
 
     def describe(self, values: Dict[str, Any], units: Sequence[Unit]) -> str:
         return ""
@@ -258,8 +263,11 @@ def check_experiment(cfg, path) -> None:
             if dev.backend not in ("onnxruntime-cpu", "table"):
                 raise ConfigError(path, f"devices[{i}].backend", f"{dev.backend} cannot run int8 units (quantization "
                                   f"is searched); allowed: onnxruntime-cpu")
+    from hwnas.config import device_space_name
+    from hwnas.devices.predictors import compressed_table_problem
     from hwnas.devices.registry import find_device
 
+    searched = {d: cfg.space.dimension_options.get(d) or {} for d in compression}
     keys = [(k, o.source) for k, o in cfg.objectives.items()] + [(b.metric, None) for b in cfg.budgets]
     for key, source in keys:
         metric = split_metric(key)[0]
@@ -267,13 +275,12 @@ def check_experiment(cfg, path) -> None:
             continue
         if metric == "energy_mJ":
             continue  # counted from each candidate's own layers (hwnas.devices.energy.CandidateEnergy)
-        device = cfg.metric_device(key)
-        if find_device(device.name) is not None:
-            raise ConfigError(path, f"objectives.{key}" if source else "budgets",
-                              f"device {device.name!r}'s cost model knows architectures only, not "
-                              f"{' or '.join(compression)}; measure {metric} (source: measured)"
-                              + ("" if metric == "latency_ms" else " or leave it out (energy_mJ is counted from "
-                                                                     "each candidate's layers)"))
+        profile = find_device(cfg.metric_device(key).name)
+        if profile is None:
+            continue  # (a device without a profile is refused with the other device checks)
+        problem = compressed_table_problem(profile, device_space_name(cfg), searched, path)
+        if problem is not None:
+            raise ConfigError(path, f"objectives.{key}" if source else "budgets", problem)
 
 
 # The shipped dimensions register themselves on import.

@@ -177,6 +177,9 @@ class Pruning(Dimension):
         keep = values.get(self.key(f"stage{unit.stage}"), 1.0) if unit.is_block else 1.0
         return "" if keep >= 1 else f"_p{keep:g}"
 
+    def acts_on(self, unit: Unit):
+        return self.key(f"stage{unit.stage}") if unit.is_block else None
+
     def describe(self, values: Dict[str, Any], units: Sequence[Unit]) -> str:
         ratios = [values[k] for k in sorted(values, key=lambda k: int(k.rsplit("stage", 1)[1]))]
         return "" if all(r >= 1 for r in ratios) else "keep=" + "/".join(f"{r:g}" for r in ratios)

@@ -150,6 +150,9 @@ class Quantization(Dimension):
     def cost_key(self, unit: Unit, values: Dict[str, Any]) -> str:
         return "_int8" if self.precision(unit, values) == "int8" else ""
 
+    def acts_on(self, unit: Unit):
+        return self.key(unit.name)
+
     def describe(self, values: Dict[str, Any], units: Sequence[Unit]) -> str:
         int8 = [u.name.replace("block", "b") for u in units if self.precision(u, values) == "int8"]
         return f"int8={','.join(int8)}" if int8 else ""
