@@ -12,7 +12,7 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"load_config": "api", "run": "api", "resume": "api", "load_run": "api", "Run": "api",
+_EXPORTS = {"load_config": "api", "run": "api", "resume": "api", "load_run": "api", "Run": "api", "measure": "api",
             "load": "export", "HwnasError": "errors", "ConfigError": "errors"}
 
 

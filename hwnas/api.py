@@ -7,6 +7,7 @@
     run = hwnas.load_run("runs/qs")
     run.candidates()       # every evaluated candidate, the rows of candidates.csv
     hwnas.resume("runs/qs", generations=20)   # continue a finished run to 20 generations
+    hwnas.measure("experiments/quickstart.yaml", run.front().to_dict("records"), out="runs/given")  # no search
 
 DataFrames need pandas (``pip install 'hwnas[pandas]'``); ``rows()`` gives the same as dicts.
 """
@@ -14,9 +15,11 @@ DataFrames need pandas (``pip install 'hwnas[pandas]'``); ``rows()`` gives the s
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import yaml
 
 from .config import ExperimentConfig, load_config as _load_config_file
@@ -141,7 +144,16 @@ def run(config: ConfigSource, out: Union[str, Path, None] = None,
         progress: Optional[Callable[[int], None]] = None) -> Run:
     """Validate ``config`` (a path, a dict or an ExperimentConfig) and run it into ``out``
     (default: the file's ``output``, else ``runs/<name>-<time>``)."""
-    from .rundir import holding, plan_run_dir, start_run_dir
+    from .rundir import holding
+
+    cfg, run_dir, lock, created = _start(config, out)
+    with holding(lock, run_dir, created):
+        return execute(cfg, run_dir, progress)
+
+
+def _start(config: ConfigSource, out):
+    """Validate ``config`` and make its new run folder, locked: (cfg, run_dir, lock, created)."""
+    from .rundir import plan_run_dir, start_run_dir
 
     with tempfile.TemporaryDirectory(prefix="hwnas-config-") as tmp:
         base = None  # a file's relative paths are from its folder; a dict's from the current directory
@@ -154,9 +166,58 @@ def run(config: ConfigSource, out: Union[str, Path, None] = None,
             path = _write_yaml(Path(tmp) / "config.yaml", data)
         cfg = _load_config_file(path, base=base)
         run_dir = plan_run_dir(cfg, path, Path(out) if out else None)
-        lock, created = start_run_dir(run_dir, path, base)  # locked for the whole run
+        lock, created = start_run_dir(run_dir, path, base)
+    return cfg, run_dir, lock, created
+
+
+def measure(config: ConfigSource, candidates: Sequence[Dict], out: Union[str, Path, None] = None,
+            progress: Optional[Callable[[int], None]] = None) -> Run:
+    """Measure the given ``candidates`` of ``config``'s space into a new run folder: no search.
+
+    Each candidate is a flat config with a value for every search variable (a ``front.csv`` row does:
+    values may be spelled as there, ``"0.5"`` for ``0.5``; other keys are ignored). Every measurable
+    metric is measured for each (whatever its ``source`` in the file), so the folder's front is
+    measured throughout; ``strategy`` is not used. What a staged pipeline's second stage needs
+    (compress the front an architecture-only search found), and any "measure these" study.
+    """
+    from .pipeline import Experiment
+    from .report import write_report
+    from .rundir import holding
+
+    cfg, run_dir, lock, created = _start(config, out)
     with holding(lock, run_dir, created):
-        return execute(cfg, run_dir, progress)
+        exp = Experiment(cfg, run_dir, progress=progress)
+        try:
+            start = time.time()
+            genomes = np.array([_encode(exp.space, c, i) for i, c in enumerate(candidates)], dtype=int)
+            exp.store.set_meta("given_candidates", len(genomes))
+            exp.store.set_meta("status", "running")
+            if len(genomes):
+                exp.evaluate(genomes.reshape(len(genomes), exp.space.n_var), generation=0,
+                             sources=exp._all_measured())
+            exp.store.record_generation(0)
+            exp.store.set_meta("status", "finished")
+            wall = time.time() - start
+            exp.store.set_meta("wall_time_s", wall)
+            write_report(exp, exp.front(measured_only=True), wall)
+            return Run(run_dir, cfg)
+        finally:
+            exp.close()
+
+
+def _encode(space, config: Dict, index: int) -> np.ndarray:
+    """A candidate's genome; its values as given or as a CSV spells them (``str`` of the option)."""
+    values = {}
+    for v in space.variables:
+        if v.name not in config:
+            raise HwnasError(f"candidates[{index}]: no value for {v.name!r} (every search variable needs one)")
+        given = config[v.name]
+        match = [o for o in v.options if o == given or str(o) == str(given)]
+        if not match:
+            raise HwnasError(f"candidates[{index}]: {v.name}={given!r} is not allowed; allowed: "
+                             f"{', '.join(str(o) for o in v.options)}")
+        values[v.name] = match[0]
+    return space.encode(values)
 
 
 def resume(path: Union[str, Path], generations: Optional[int] = None,

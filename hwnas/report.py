@@ -277,8 +277,10 @@ def write_report(exp, front: Sequence[Candidate], wall_time_s: float) -> Path:
         f"- devices: " + ", ".join(_device_text(d, exp.locations[d.name], cfg) for d in cfg.devices),
         f"- objectives: {objectives}",
         f"- budgets: {budgets}",
-        f"- strategy: {strategy_text(cfg.strategy)}, budget {cfg.strategy.budget} evaluations, seed {cfg.strategy.seed}; "
-        f"executor {cfg.executor.kind}",
+        (f"- strategy: none, {exp.store.get_meta('given_candidates')} given candidates measured (hwnas.measure); "
+         if exp.store.get_meta("given_candidates") is not None else
+         f"- strategy: {strategy_text(cfg.strategy)}, budget {cfg.strategy.budget} evaluations, seed {cfg.strategy.seed}; ")
+        + f"executor {cfg.executor.kind}",
         f"- evaluated: {len(cands)} distinct candidates in {wall_time_s:.1f} s; "
         f"{len(front)} on the front (feasible and non-dominated; "
         + (f"measured: {', '.join(k for k in keys if k not in unmeasured)}" if len(unmeasured) < len(keys)

@@ -337,3 +337,38 @@ def test_operators_and_sampler_come_from_the_yaml(tmp_path, capsys):
     bad = nb201_experiment(tmp_path, name="bad-sampler", strategy={"name": "optuna", "sampler": "cmaes"})
     assert main(["validate", str(bad)]) == 2
     assert "strategy.sampler" in capsys.readouterr().err
+
+
+def test_measure_given_candidates_without_a_search(tmp_path, small_checkpoint):
+    """hwnas.measure: the given compressed candidates (values spelled as front.csv spells them) are measured in
+    full, none added; the same config measured by a search run gives the same accuracy; a bad value is one error."""
+    import hwnas
+    from hwnas.dimensions import JointSpace
+    from hwnas.supernets import load_checkpoint
+
+    space = {"supernet": "elastic_mbv3", "checkpoint": str(small_checkpoint),
+             "dimensions": ["architecture", "pruning", "quantization"]}
+    path = experiment(tmp_path, small_checkpoint, space=space, name="given")
+    joint = JointSpace(load_checkpoint(small_checkpoint), space["dimensions"])
+    rng = np.random.default_rng(3)
+    configs = [joint.space.decode(joint.space.largest()), joint.space.decode(joint.space.smallest())]
+    configs += [joint.space.decode(g) for g in joint.space.sample(rng, 2)]
+    spelled = [{k: str(v) for k, v in c.items()} | {"accuracy": "ignored"} for c in configs]
+    run = hwnas.measure(path, spelled, out=tmp_path / "given")
+    rows = read_csv(tmp_path / "given" / "candidates.csv")
+    assert len(rows) == 4
+    assert all(r["accuracy_source"] == r["latency_ms_source"] == "measured" for r in rows)
+    assert [{k: r[k] for k in configs[0]} for r in rows] == [{k: str(v) for k, v in c.items()} for c in configs]
+    front = read_csv(tmp_path / "given" / "front.csv")
+    assert 1 <= len(front) <= 4 and {r["id"] for r in front} <= {r["id"] for r in rows}
+    assert "given candidates measured" in run.report()
+    # The same largest config, measured as a search's initial sample (seeded accuracy subset): same accuracy.
+    assert main(["run", str(path), "--out", str(tmp_path / "searched"), "--quiet"]) == 0
+    searched = {r["arch"]: r for r in read_csv(tmp_path / "searched" / "candidates.csv") if r["generation"] == "0"}
+    largest = rows[0]
+    assert searched[largest["arch"]]["accuracy"] == largest["accuracy"]
+
+    bad = dict(spelled[0], **{"prune.stage0": "0.3"})
+    with pytest.raises(hwnas.HwnasError, match=r"candidates\[1\]: prune.stage0='0.3' is not allowed; allowed: "):
+        hwnas.measure(path, [spelled[0], bad], out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # nothing half-written
