@@ -26,6 +26,9 @@ import numpy as np
 
 from common import ROOT, write_section
 
+# what hwnas export --measure does (hwnas/export.py: MIN_EXPORT_REPEATS, a discarded first pass)
+MIN_REPEATS_NOTE = ("at least 30 runs of each file interleaved with the other formats' files, after a discarded "
+                    "first pass, so a longer stretch of time")
 FORMATS = ["onnx", "onnx-int8", "pt2", "torchscript", "state_dict"]
 
 
@@ -35,6 +38,35 @@ def hwnas(*args) -> float:
     if proc.returncode != 0:
         sys.exit(f"hwnas {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return time.perf_counter() - start
+
+
+def agreement_ceiling(path: Path, m0: dict, seconds: float = 20.0) -> dict:
+    """How often two measurements of one file agree within 10 % on this machine right now: the file timed
+    as the run's device times one candidate (``repeats`` runs, their minimum) again and again for
+    ``seconds``; every pair of these measurements compared. The noise behind the "within 10 % of the
+    run's figure" check, whose run side is one such measurement made minutes earlier."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = m0["threads"]
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = {"input": np.random.default_rng(0).standard_normal((m0["batch_size"], *m0["shape"])).astype(np.float32)}
+    for _ in range(5):
+        session.run(None, x)
+    mins, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        times = []
+        for _ in range(m0["repeats"]):
+            t = time.perf_counter()
+            session.run(None, x)
+            times.append(time.perf_counter() - t)
+        mins.append(min(times) * 1e3)
+        time.sleep(0.05)
+    m = np.array(mins)
+    ratio = m[:, None] / m[None, :]
+    pairs = np.abs(ratio[np.triu_indices(len(m), 1)] - 1) <= 0.10
+    return {"n": len(m), "pairs_within10": float(pairs.mean()), "slow": float(np.mean(m > 1.1 * np.median(m))),
+            "worst": float(m.max() / np.median(m))}
 
 
 def without_hwnas(folder: Path, x_path: Path) -> dict:
@@ -131,6 +163,21 @@ def main() -> None:
     def span(values):
         return f"{min(values) * 100:.2f}–{max(values) * 100:.2f} % ({len(values)} members)" if values else "no member"
     r = infos[0]["run"]
+    first = next((i for i in infos if i["measured_at_export"].get("searched_format")), None)
+    ceiling = None
+    if first is not None:
+        folder = front / f"candidate-{first['candidate']['id']}"
+        import yaml
+
+        repeats = (yaml.safe_load((run / "config.yaml").read_text())["devices"][0].get("repeats") or 15)
+        ceiling = agreement_ceiling(folder / first["files"][first["measured_at_export"]["searched_format"]]["file"],
+                                    {**m0, "repeats": repeats, "shape": first["input"]["shape"]})
+    ceiling_text = "" if ceiling is None else (
+        f"\nFor scale, the noise of one measurement as the run makes it, measured just after: rank {first['candidate']['rank']}'s searched file "
+        f"timed {ceiling['n']} times over 20 s as the run times one candidate ({repeats} runs, "
+        f"their minimum); two of these measurements agree within ±10 % in **{ceiling['pairs_within10']:.0%}** of pairs; "
+        f"{ceiling['slow']:.0%} of them were more than 10 % above their median, the worst {ceiling['worst']:.2f}x "
+        f"(slow spells of the shared VM, seen on a quiet machine too). The export's own figure spans {MIN_REPEATS_NOTE}.\n")
     load = f"{load_before:.1f} at the start, {os.getloadavg()[1]:.1f} at the end"
     body = f"""
 Machine load (5-minute load average on {os.cpu_count()} cores, other jobs included): {load}. Wall times scale with it;
@@ -183,7 +230,7 @@ that holds the model the run timed:
 The searched file timed at export against the run's own measured figure, within ±10 %: members searched with int8
 units (their `model.int8.onnx`, the QDQ graph the run measured) **{within(ratios['onnx-int8'])}**; fp32 members
 (their `model.onnx`) {within(ratios['onnx'])}.
-"""
+{ceiling_text}"""
     write_section("export", "Export: hwnas export on the quickstart's front", body,
                   cmd="python benchmarks/export.py" + (f" --run {args.run}" if args.run else ""))
     print(body)

@@ -251,6 +251,9 @@ def _rapl_meter() -> Optional[Callable[[], Optional[float]]]:
 
 
 # --------------------------------------------------------------------------- backends
+_WARMED_UP = False  # has this process timed anything yet (see _Backend._time)
+
+
 class _Backend:
     """Settings shared by all backends (what a device profile stores)."""
 
@@ -271,6 +274,16 @@ class _Backend:
         self.batch_size, self.threads = batch_size, threads
         self.warmup, self.repeats, self.max_repeats, self.rel_ci = warmup, repeats, max_repeats, rel_ci
         self.channels_last = channels_last
+
+    def _time(self, runs, **extra) -> List[Measurement]:
+        """:func:`time_interleaved` with this backend's settings. The first timing in a process times its
+        items once more first and discards that pass: a fresh process's (or Ray worker's) first timings
+        came out up to 1.4x slow (a quickstart run's first front member, benchmarks/export.py)."""
+        global _WARMED_UP
+        if not _WARMED_UP:
+            _WARMED_UP = True
+            time_interleaved(runs, **{**self._timing(**extra), "energy": None})
+        return time_interleaved(runs, **self._timing(**extra))
 
     def _timing(self, **extra):
         return dict(warmup=self.warmup, repeats=self.repeats, max_repeats=self.max_repeats, rel_ci=self.rel_ci,
@@ -317,7 +330,7 @@ class TorchCPUBackend(_Backend):
                 for model, shape, *boundaries in items:
                     run = self._run(model, shape)
                     runs.append(SegmentTimer(run, boundaries[0], CLOCKS[self.clock]) if boundaries else run)
-                return time_interleaved(runs, energy=_rapl_meter(), **self._timing())
+                return self._time(runs, energy=_rapl_meter())
         finally:
             for run in runs:
                 if isinstance(run, SegmentTimer):
@@ -344,7 +357,7 @@ class OnnxRuntimeCPUBackend(_Backend):
         for model, shape in items:
             session, feeds = self.session(model, shape)
             runs.append(lambda session=session, feeds=feeds: session.run(None, feeds))
-        return time_interleaved(runs, energy=_rapl_meter(), **self._timing())
+        return self._time(runs, energy=_rapl_meter())
 
     def measure_sessions(self, items: Sequence[Tuple[object, Sequence[int]]]) -> List[Measurement]:
         """Time ONNX models already in sessions, each on an input of its shape, interleaved.
@@ -414,8 +427,7 @@ class TorchCUDABackend(_Backend):
                 model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
             runs.append(lambda model=model, x=x: model(x))
         with torch.inference_mode():
-            return time_interleaved(runs, sync=lambda: torch.cuda.synchronize(device), energy=self._nvml_meter(),
-                                    **self._timing())
+            return self._time(runs, sync=lambda: torch.cuda.synchronize(device), energy=self._nvml_meter())
 
 
 def create_backend(name: str, **settings):

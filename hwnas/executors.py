@@ -9,6 +9,7 @@ next item as soon as it is free, and a task's error comes back as our one-line H
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from typing import Any, Callable, Iterable, Iterator, List, Optional
@@ -97,7 +98,8 @@ class RayExecutor:
                 if address:
                     ray.init(address=address, include_dashboard=False, log_to_driver=False)
                 else:
-                    ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False)
+                    ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
+                             logging_level=logging.WARNING)  # not "Started a local Ray instance" on every run
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise HwnasError(f"executor: cannot start or reach Ray at {address or 'local'}: {exc}") from None
             self._started_here = True
