@@ -235,17 +235,23 @@ def lut_document(dspace: SupernetDeviceSpace, entries: Dict[str, Dict[str, float
                        "backend": backend_settings, "entries": entries}, indent=1)
 
 
-def read_lut(path, dspace: SupernetDeviceSpace) -> Tuple[Dict[str, Dict[str, float]], str]:
-    """Entries and timing method of a ``lut-<space>.json``, checked against the space's supernet."""
+def _read_table(path, dspace: SupernetDeviceSpace, what: str, version: int, remeasure: str) -> dict:
+    """A table document (``what``: how errors name it), checked for its format ``version`` and against the
+    space's supernet; ``remeasure``: the command that makes a fitting one."""
     try:
         doc = json.loads(open(path).read())
     except (OSError, json.JSONDecodeError) as err:
-        raise HwnasError(f"cannot read lookup table {path}: {err}") from None
-    if doc.get("format") != LUT_FORMAT:
-        raise HwnasError(f"{path}: lookup table format {doc.get('format')} (expected {LUT_FORMAT})")
+        raise HwnasError(f"cannot read {what} {path}: {err}") from None
+    if doc.get("format") != version:
+        raise HwnasError(f"{path}: {what} format {doc.get('format')} (expected {version})")
     if doc.get("supernet_kwargs") != _jsonable(dspace.supernet.init_kwargs):
-        raise HwnasError(f"{path}: measured for a supernet of another shape than {dspace.name}; "
-                         "re-run 'hwnas devices measure'")
+        raise HwnasError(f"{path}: measured for a supernet of another shape than {dspace.name}; re-run {remeasure}")
+    return doc
+
+
+def read_lut(path, dspace: SupernetDeviceSpace) -> Tuple[Dict[str, Dict[str, float]], str]:
+    """Entries and timing method of a ``lut-<space>.json``, checked against the space's supernet."""
+    doc = _read_table(path, dspace, "lookup table", LUT_FORMAT, "'hwnas devices measure'")
     return doc["entries"], doc.get("method", ALONE)
 
 
@@ -448,16 +454,8 @@ def compressed_document(dspace: SupernetDeviceSpace, options: Dict[str, dict], e
 
 def read_compressed(path, dspace: SupernetDeviceSpace) -> dict:
     """A ``lut-compressed-<space>.json`` document, checked against the space's supernet."""
-    try:
-        doc = json.loads(open(path).read())
-    except (OSError, json.JSONDecodeError) as err:
-        raise HwnasError(f"cannot read compressed lookup table {path}: {err}") from None
-    if doc.get("format") != COMPRESSED_FORMAT:
-        raise HwnasError(f"{path}: compressed lookup table format {doc.get('format')} (expected {COMPRESSED_FORMAT})")
-    if doc.get("supernet_kwargs") != _jsonable(dspace.supernet.init_kwargs):
-        raise HwnasError(f"{path}: measured for a supernet of another shape than {dspace.name}; "
-                         "re-run 'hwnas devices measure' with --dimensions")
-    return doc
+    return _read_table(path, dspace, "compressed lookup table", COMPRESSED_FORMAT,
+                       "'hwnas devices measure' with --dimensions")
 
 
 def uncovered(doc: dict, options: Dict[str, dict]) -> Optional[str]:

@@ -21,6 +21,26 @@ def isolated_device_home(tmp_path_factory):
         os.environ["HWNAS_HOME"] = old
 
 
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty user device registry for one test (the real ~/.hwnas is never touched); its devices folder.
+    Files whose every test needs it mark themselves ``pytestmark = pytest.mark.usefixtures("home")``."""
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "hwnas"))
+    return tmp_path / "hwnas" / "devices"
+
+
+@pytest.fixture(scope="session")
+def tiny_mbv3(tmp_path_factory) -> Path:
+    """A small elastic_mbv3 checkpoint (2 kernels, 2 expand ratios, 2 resolutions): its lookup tables, plain and
+    compressed, are measured in seconds."""
+    from hwnas import supernets
+
+    net = supernets.create("elastic_mbv3", stage_widths=(8, 16), stage_strides=(1, 2), stage_se=(False, True),
+                           min_depth=1, max_depth=2, kernel_sizes=(3, 5), expand_ratios=(2, 3),
+                           resolutions=(12, 16), stem_width=8, head_width=32)
+    return supernets.save_checkpoint(net, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session: ray.init costs seconds and ~650 MB."""

@@ -17,10 +17,7 @@ needs_artifacts = pytest.mark.skipif(not all(artifact_path(s).is_file() for s in
                                      reason="shipped few-shot predictors not built")
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "hwnas"))
-    return tmp_path / "hwnas" / "devices"
+pytestmark = pytest.mark.usefixtures("home")  # an empty user device registry per test (conftest)
 
 
 def sweep_genomes(space):

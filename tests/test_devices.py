@@ -25,23 +25,13 @@ def fewshot_artifact(space):
                               reason=f"pretrained few-shot predictor for {space} not built yet")
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    """Every test gets an empty user registry; the real ~/.hwnas is never touched."""
-    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "hwnas"))
-    return tmp_path / "hwnas" / "devices"
+pytestmark = pytest.mark.usefixtures("home")  # an empty user device registry per test (conftest)
 
 
 @pytest.fixture(scope="session")
-def tiny_space(tmp_path_factory):
-    """A small elastic_mbv3 checkpoint so measuring its whole lookup table takes seconds."""
-    from hwnas import supernets
-
-    net = supernets.create("elastic_mbv3", stage_widths=(8, 16), stage_strides=(1, 2), stage_se=(False, True),
-                           min_depth=1, max_depth=2, kernel_sizes=(3, 5), expand_ratios=(2, 3),
-                           resolutions=(12, 16), stem_width=8, head_width=32)
-    path = supernets.save_checkpoint(net, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-    return f"elastic_mbv3:{path}"
+def tiny_space(tiny_mbv3):
+    """The small elastic_mbv3 checkpoint (conftest) as a space name: measuring its lookup table takes seconds."""
+    return f"elastic_mbv3:{tiny_mbv3}"
 
 
 @pytest.fixture(scope="session")

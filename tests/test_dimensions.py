@@ -77,6 +77,23 @@ def test_joint_space_is_the_product_with_readable_names(default):
     assert "b3" not in joint.describe(config)  # smallest depth 2: slot 3 does not run
 
 
+def test_uncompressed_keeps_the_architecture_and_drops_the_compression(default):
+    """The smallest joint genome is the most compressed; uncompressed() of it is the smallest architecture at
+    keep 1.0 and fp32, whatever order the YAML lists the choices in."""
+    joint = JointSpace(default, JOINT, {"quantization": {"precisions": ["fp32", "int8"]}})
+    smallest = joint.space.decode(joint.space.smallest())
+    assert {smallest[k] for k in smallest if k.startswith("prune.")} == {0.5}
+    plain = joint.space.decode(joint.uncompressed(joint.space.smallest()))
+    assert {k: v for k, v in plain.items() if not k.startswith(("prune.", "quant."))} == default.smallest_config()
+    assert {plain[k] for k in plain if k.startswith("prune.")} == {1.0}
+    assert {plain[k] for k in plain if k.startswith("quant.")} == {"fp32"}
+    assert joint.describe(plain) == default.describe(default.smallest_config())
+    # A choice list without the neutral option leaves those genes as they were.
+    only_pruned = JointSpace(default, JOINT, {"pruning": {"keep": [0.5, 0.75]}})
+    g = only_pruned.space.smallest()
+    np.testing.assert_array_equal(only_pruned.uncompressed(g)[:default.space.n_var + 3], g[:default.space.n_var + 3])
+
+
 def test_a_supernet_without_units_is_refused():
     vit = supernets.create("elastic_vit")
     with pytest.raises(HwnasError, match="pruning"):

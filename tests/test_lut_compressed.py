@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import yaml
 
-from hwnas import supernets
 from hwnas.cli import main
 from hwnas.config import load_config
 from hwnas.devices import measure as measure_module
@@ -26,20 +25,13 @@ OPTIONS = {"pruning": {"keep": [0.5, 1.0]}, "quantization": {}}
 JOINT = ["architecture", "pruning", "quantization"]
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "hwnas"))
-    return tmp_path / "hwnas" / "devices"
+pytestmark = pytest.mark.usefixtures("home")  # an empty user device registry per test (conftest)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A small elastic_mbv3 (2 kernels, 2 expand ratios, 2 resolutions): its compressed table has 136 entries."""
-    net = supernets.create("elastic_mbv3", stage_widths=(8, 16), stage_strides=(1, 2), stage_se=(False, True),
-                           min_depth=1, max_depth=2, kernel_sizes=(3, 5), expand_ratios=(2, 3),
-                           resolutions=(12, 16), stem_width=8, head_width=32)
-    path = supernets.save_checkpoint(net, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-    return f"elastic_mbv3:{path}", path
+def tiny(tiny_mbv3):
+    """The small elastic_mbv3 (conftest) as (space name, checkpoint): its compressed table has 136 entries."""
+    return f"elastic_mbv3:{tiny_mbv3}", tiny_mbv3
 
 
 @pytest.fixture(scope="module")
