@@ -11,6 +11,7 @@ The contract of a dimension (:class:`Dimension`, docs/ARCHITECTURE.md):
 
 * ``name`` (the YAML entry), ``prefix`` (of its config keys), ``Options`` (its YAML block
   ``space.<name>``, pydantic, with defaults);
+* ``neutral``: the option of its variables that leaves a unit as it is (``JointSpace.uncompressed``);
 * ``unsupported(supernet)``: why the supernet cannot do it (None: it can);
 * ``variables(supernet)``: its :class:`~hwnas.space.Choice` variables in the joint space;
 * ``restructure(model, values, units)`` (before BatchNorm recalibration: changes the layers)
@@ -71,6 +72,7 @@ class Dimension:
     name: str = ""
     prefix: str = ""
     Options = Options
+    neutral: Any = None  # the option of its variables that leaves a unit as it is (keep 1.0, fp32)
 
     def __init__(self, options: Optional[Options] = None):
         self.options = options if options is not None else self.Options()
@@ -161,6 +163,17 @@ class JointSpace:
         else:
             self.space = SearchSpace(variables, name="x".join([supernet.space.name] + [d.name for d, _ in self.parts]))
             self.space.predictor_features = self.features  # hwnas.predictors.features.predictor_features
+
+    def uncompressed(self, genome) -> np.ndarray:
+        """``genome`` with every compression gene at its dimension's ``neutral`` option where it has one:
+        the same architecture, not compressed (a search's initial design starts from such ends too)."""
+        g = np.array(genome, dtype=int)
+        for dim, sl in self.parts:
+            for j in range(sl.start, sl.stop):
+                options = self.space.variables[j].options
+                if dim.neutral in options:
+                    g[j] = list(options).index(dim.neutral)
+        return g
 
     @property
     def dimensions(self) -> List[Dimension]:

@@ -134,6 +134,7 @@ class Pruning(Dimension):
     name = "pruning"
     prefix = "prune"
     Options = PruningOptions
+    neutral = 1.0
 
     def unsupported(self, supernet):
         if not hasattr(supernet, "compression_units") or not hasattr(supernet, "num_stages"):

@@ -107,6 +107,7 @@ class Quantization(Dimension):
     name = "quantization"
     prefix = "quant"
     Options = QuantizationOptions
+    neutral = "fp32"
 
     def unsupported(self, supernet):
         if not hasattr(supernet, "compression_units"):
