@@ -500,7 +500,9 @@ class ExperimentEvaluator:
         return self.exp.space_backend.features(np.asarray(genomes, dtype=int))
 
     def warm(self):
-        cands = [c for c in self.exp.store.candidates() if c.generation == WARM_GENERATION]
+        # what the run knew before the strategy began: a warm start's candidates, then the initial design
+        cands = sorted((c for c in self.exp.store.candidates() if c.generation in (WARM_GENERATION, 0)),
+                       key=lambda c: c.generation)
         rows = [self.exp._effective(c) for c in cands]
         X = np.array([c.genome for c in cands], dtype=int).reshape(len(cands), self.space.n_var)
         return X, objective_matrix(rows, self.exp.metrics), budget_slack(rows, self.exp.cfg)

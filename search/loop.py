@@ -12,7 +12,7 @@ A strategy is one object with ``run(loop)``. It *asks* the loop for values of ge
 - ``loop.predict(genomes)`` predicts ``(F, G)`` from a surrogate fitted on every candidate
   measured so far (refitted whenever that set grew); nothing is measured or counted.
 - ``loop.history()`` is the store as the strategy sees it: every measured candidate, in
-  order (``X``, ``F``, ``G``; unknown ones left out), warm-start candidates first.
+  order (``X``, ``F``, ``G``; unknown ones left out), what was known before it first.
 
 ``loop.end_generation()`` closes a batch (the run records it). The evaluator behind the loop
 is what a run or a benchmark gives: see :class:`Evaluator`.
@@ -36,7 +36,8 @@ class Evaluator(Protocol):
     (NaN rows where unknown); ``excluded`` marks genomes never to be measured (degenerate
     ones); ``canonical`` maps genomes onto the space the evaluator answers for (a table that
     samples a space: its nearest row); ``features`` encodes genomes for the surrogate;
-    ``warm`` gives ``(X, F, G)`` known before this run (a warm start; free).
+    ``warm`` gives ``(X, F, G)`` known before the strategy starts (a warm start, a run's initial
+    design; free).
     """
 
     space: SearchSpace

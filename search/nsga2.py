@@ -5,12 +5,15 @@ nothing but brings nothing, so late generations would hold 2-5 new cells of 24. 
 duplicate check also consults the loop, so each generation measures ``population`` new
 candidates (topped up at random when mating cannot find enough) until the budget is spent.
 Operators (rounded SBX and polynomial mutation) take ``strategy.crossover`` / ``mutation``.
+The first population is the best of what the loop already knows (the run's initial design,
+a warm start), by pymoo's rank and crowding, topped up at random: evolution starts from the
+measured ends instead of discarding them.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.algorithms.moo.nsga2 import NSGA2, RankAndCrowding
 from pymoo.core.duplicate import DefaultDuplicateElimination
 from pymoo.core.evaluator import Evaluator as PymooEvaluator
 from pymoo.core.population import Population
@@ -42,17 +45,30 @@ def pymoo_values(F: np.ndarray, G: np.ndarray):
 
 
 class NewToTheLoop(DefaultDuplicateElimination):
-    """pymoo's duplicate elimination that also drops genomes the loop has already seen."""
+    """pymoo's duplicate elimination that also drops genomes the loop has already seen
+    (once ``active``: the first population may be seeded with known ones)."""
 
     def __init__(self, loop: SearchLoop):
         super().__init__()
         self.loop = loop
+        self.active = False
 
     def _do(self, pop, other, is_duplicate):
         is_duplicate = super()._do(pop, other, is_duplicate)
-        if other is None:  # once per call: the population against itself, and against the loop
+        if other is None and self.active:  # once per call: the population against itself, and the loop
             is_duplicate |= self.loop.seen(np.rint(pop.get("X")).astype(int))
         return is_duplicate
+
+
+def best_known(loop: SearchLoop, problem: Problem, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` genomes of ``loop.history()`` chosen as NSGA-II's survival would choose them."""
+    X, F, G = loop.history()
+    if not len(X):
+        return X
+    pop = Population.new(X=X.astype(float))
+    PymooEvaluator().eval(StaticProblem(problem, F=F, G=np.hstack([G, -np.ones((len(G), 1))])), pop)
+    survivors = RankAndCrowding().do(problem, pop, n_survive=n, random_state=np.random.default_rng(seed))
+    return np.rint(survivors.get("X")).astype(int)
 
 
 def operators(cfg):
@@ -70,10 +86,16 @@ class Nsga2:
         cfg = self.cfg
         problem = genome_problem(loop)
         crossover, mutation = operators(cfg)
-        algorithm = NSGA2(pop_size=cfg.population, sampling=IntegerRandomSampling(), crossover=crossover,
-                          mutation=mutation, eliminate_duplicates=NewToTheLoop(loop))
-        algorithm.setup(problem, seed=cfg.seed, termination=NoTermination())
         rng = np.random.default_rng(cfg.seed + 1)
+        known = best_known(loop, problem, cfg.population, cfg.seed)
+        if len(known):  # seeded: the best known, then new random ones up to a population
+            sampling = np.vstack([known, loop.sample_unseen(rng, cfg.population - len(known))]).astype(float)
+        else:
+            sampling = IntegerRandomSampling()
+        dedup = NewToTheLoop(loop)
+        algorithm = NSGA2(pop_size=cfg.population, sampling=sampling, crossover=crossover,
+                          mutation=mutation, eliminate_duplicates=dedup)
+        algorithm.setup(problem, seed=cfg.seed, termination=NoTermination())
         while not loop.exhausted:
             pop = algorithm.ask()
             X = np.rint(pop.get("X")).astype(int) if pop is not None and len(pop) else np.zeros((0, problem.n_var), int)
@@ -84,10 +106,13 @@ class Nsga2:
                 pop = Population.new(X=X.astype(float))
             if not len(X):
                 break
+            used = loop.used
             F, G = pymoo_values(*loop.measure(X))
             PymooEvaluator().eval(StaticProblem(problem, F=F, G=G), pop)
             algorithm.tell(infills=pop)
-            loop.end_generation()
+            dedup.active = True
+            if loop.used > used:  # a seeded first population may hold nothing new
+                loop.end_generation()
 
 
 @STRATEGIES.register("nsga2")
