@@ -99,10 +99,11 @@ def per_unit(net, data):
     return "\n".join(["| unit in int8 (the rest fp32) | ms saved vs all-fp32 | |", "|---|---|---|"] + cells)
 
 
-def from_run(run_dir: Path, data):
+def from_run(run_dir: Path):
     import yaml
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())  # the run's own file, validated when it ran
+    data = load_dataset(cfg["data"])  # BN recalibration and int8 calibration on the run's own data
     space = cfg["space"]
     net = supernets.load_checkpoint(supernets.checkpoint_path(space.get("checkpoint", "default")))
     with open(run_dir / "candidates.csv") as f:
@@ -160,7 +161,7 @@ def main() -> None:
     mbv3 = supernets.load_default()
     mbv3_table, mbv3_fig = compare(mbv3, data, "elastic MobileNetV3 (shipped default checkpoint)")
     units = per_unit(mbv3, data)
-    run_part = from_run(args.run, data) if args.run else "(no `--run` given: the front comparison was not made)"
+    run_part = from_run(args.run) if args.run else "(no `--run` given: the front comparison was not made)"
 
     def ratio(fig, a, b):
         return fig[a][1] / fig[b][1]
