@@ -118,7 +118,8 @@ def execute(cfg: ExperimentConfig, run_dir: Path, progress: Optional[Callable[[i
             generations: Optional[int] = None, on_start: Optional[Callable[[int], None]] = None) -> Run:
     """Search in ``run_dir`` (new or resumed) and write its report; ``progress(n)``: n more evaluated.
 
-    ``on_start(total)`` is told how many evaluations to expect. A finished run is left as it is
+    ``on_start(total)`` is told how many evaluations to expect (again when measuring the front adds
+    some). A finished run is left as it is
     unless ``generations`` continues it.
     """
     from .pipeline import Experiment
@@ -130,6 +131,7 @@ def execute(cfg: ExperimentConfig, run_dir: Path, progress: Optional[Callable[[i
             exp.continue_for(generations)
         if on_start is not None:
             on_start(exp.expected_evaluations())
+            exp.on_total = on_start  # measuring the front adds to the total
         summary = exp.run()
         write_report(exp, summary.front, summary.wall_time_s)
         run = Run(run_dir, cfg, summary)

@@ -98,8 +98,11 @@ class RayExecutor:
                 if address:
                     ray.init(address=address, include_dashboard=False, log_to_driver=False)
                 else:
+                    # Not "Started a local Ray instance" nor "Token authentication is enabled" on every run: the
+                    # cluster is this run's own, on this host.
+                    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
                     ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False,
-                             logging_level=logging.WARNING)  # not "Started a local Ray instance" on every run
+                             logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise HwnasError(f"executor: cannot start or reach Ray at {address or 'local'}: {exc}") from None
             self._started_here = True

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class Experiment:
         self._cost_models: Dict[str, object] = {}  # device name -> its cost model on this space
         self._counted_energy: Dict[str, object] = {}  # metric key -> CandidateEnergy (no profile can say)
         self.progress = progress
+        self.on_total: Optional[Callable[[int], None]] = None  # told when the expected evaluations grow
         # Every stored candidate, read once (a resume starts from them) and kept current in memory,
         # so a generation's evaluation does not re-read the whole store.
         self._candidates: Dict[str, Candidate] = self.store.by_key()
@@ -300,13 +301,13 @@ class Experiment:
         n = min(self.cfg.strategy.initial_samples, self.space.size)
         genomes, seen = [], set()
         # Include the extremes: predictors extrapolate badly beyond what they saw. With compression searched,
-        # also the smallest architecture uncompressed: the joint smallest (every gene at its first option) is
-        # also the most compressed, and the small uncompressed end was what a staged search found and the
-        # joint one missed (benchmarks/joint_vs_staged.py).
+        # also the smallest architecture uncompressed and uniformly compressed one dimension at a time: the
+        # joint smallest (every gene at its first option) is also the most compressed, and those small ends
+        # were what a staged search found and the joint one missed (benchmarks/joint_vs_staged.py).
         ends = [self.space.smallest(), self.space.largest()]
         joint = getattr(self.space_backend, "joint", None)
         if joint is not None and joint.parts:
-            ends.append(joint.uncompressed(self.space.smallest()))
+            ends += joint.uniform_compressions(self.space.smallest())
         for g in ends:
             if self.space.key(g) in seen:
                 continue
@@ -424,11 +425,15 @@ class Experiment:
         others, so repeat until every member is measured (bounded by MAX_FRONT_ROUNDS).
         """
         all_measured = self._all_measured()
+        extra = 0
         for _ in range(MAX_FRONT_ROUNDS if self.cfg.measure_front else 0):
             front = self.front()
             todo = [c for c in front if any(s == "measured" and k not in c.measured for k, s in all_measured.items())]
             if not todo:
                 return front
+            extra += len(todo)
+            if self.on_total is not None:  # a progress bar grows by the front it measures
+                self.on_total(self.expected_evaluations() + extra)
             # Front members are stored already, so no new candidate (and no generation) arises.
             self.evaluate(np.array([c.genome for c in todo]), generation=-1, sources=all_measured)
         return self.front(measured_only=self.cfg.measure_front)

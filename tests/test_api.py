@@ -78,3 +78,28 @@ def test_examples_ship_in_the_package_and_copy_out(tmp_path, capsys):
     assert (tmp_path / "ex" / "quickstart.yaml").is_file()
     assert main(["validate", str(tmp_path / "ex" / "quickstart.yaml")]) == 0
     assert main(["examples", "--copy", str(tmp_path / "ex")]) == 2  # never overwrites
+
+
+def test_progress_reaches_the_total_it_was_given(tmp_path):
+    """Measuring a predicted front adds evaluations: the total grows with them, so the bar ends full."""
+    from hwnas.api import execute
+    from hwnas.config import load_config
+
+    config = tmp_path / "e.yaml"
+    config.write_text(
+        "name: bar\nspace: {supernet: elastic_mbv3}\n"
+        "devices: [{name: local-cpu, batch_size: 4, warmup: 1, repeats: 3}]\n"
+        "objectives: {accuracy: {goal: max, source: predicted}, latency_ms: min}\n"
+        "strategy: {name: random, population: 6, generations: 1, seed: 0, initial_samples: 6}\n"
+        "accuracy_eval: {calib_images: 32, images: 100}\nmeasure_front: true\n")
+    from hwnas.store import ResultsStore
+
+    done, totals = [], []
+    (tmp_path / "run").mkdir()
+    execute(load_config(config), tmp_path / "run", progress=done.append, on_start=totals.append)
+    store = ResultsStore(tmp_path / "run" / "results.sqlite")
+    # the loop's candidates had accuracy predicted; those of them measured afterwards are the front's
+    remeasured = sum(1 for c in store.candidates() if c.generation > 0 and "accuracy" in c.measured)
+    store.close()
+    assert totals[0] == 12 and remeasured > 0
+    assert sum(done) == totals[-1] == 12 + remeasured

@@ -94,6 +94,15 @@ def test_uncompressed_keeps_the_architecture_and_drops_the_compression(default):
     np.testing.assert_array_equal(only_pruned.uncompressed(g)[:default.space.n_var + 3], g[:default.space.n_var + 3])
 
 
+def test_uniform_compressions_change_one_dimension_at_a_time(default):
+    joint = JointSpace(default, JOINT, {"pruning": {"keep": [0.5, 0.75, 1.0]}, "quantization": {"precisions": ["int8", "fp32"]}})
+    variants = [joint.space.decode(g) for g in joint.uniform_compressions(joint.space.smallest())]
+    arch = default.smallest_config()
+    assert all({k: v for k, v in c.items() if not k.startswith(("prune.", "quant."))} == arch for c in variants)
+    seen = [({c[k] for k in c if k.startswith("prune.")}, {c[k] for k in c if k.startswith("quant.")}) for c in variants]
+    assert seen == [({1.0}, {"fp32"}), ({0.5}, {"fp32"}), ({0.75}, {"fp32"}), ({1.0}, {"int8"})]
+
+
 def test_a_supernet_without_units_is_refused():
     vit = supernets.create("elastic_vit")
     with pytest.raises(HwnasError, match="pruning"):

@@ -11,7 +11,8 @@ The contract of a dimension (:class:`Dimension`, docs/ARCHITECTURE.md):
 
 * ``name`` (the YAML entry), ``prefix`` (of its config keys), ``Options`` (its YAML block
   ``space.<name>``, pydantic, with defaults);
-* ``neutral``: the option of its variables that leaves a unit as it is (``JointSpace.uncompressed``);
+* ``neutral``: the option of its variables that leaves a unit as it is (``JointSpace.uncompressed``,
+  ``JointSpace.uniform_compressions``);
 * ``unsupported(supernet)``: why the supernet cannot do it (None: it can);
 * ``variables(supernet)``: its :class:`~hwnas.space.Choice` variables in the joint space;
 * ``restructure(model, values, units)`` (before BatchNorm recalibration: changes the layers)
@@ -174,6 +175,21 @@ class JointSpace:
                 if dim.neutral in options:
                     g[j] = list(options).index(dim.neutral)
         return g
+
+    def uniform_compressions(self, genome) -> List[np.ndarray]:
+        """``genome`` uncompressed, then once per dimension and each of its other options: every gene of
+        that dimension at the option, the rest uncompressed (the moves of a staged search, as starting
+        points: keep 0.75 everywhere, int8 everywhere, ...)."""
+        plain = self.uncompressed(genome)
+        out = [plain]
+        for dim, sl in self.parts:
+            variables = self.space.variables[sl]
+            shared = set(variables[0].options).intersection(*(v.options for v in variables[1:]))
+            for option in (o for o in variables[0].options if o in shared and o != dim.neutral):
+                g = plain.copy()
+                g[sl] = [list(v.options).index(option) for v in variables]
+                out.append(g)
+        return out
 
     @property
     def dimensions(self) -> List[Dimension]:
