@@ -323,6 +323,12 @@ def test_joint_search_end_to_end_from_yaml(tmp_path):
     assert info["reproduced"]["accuracy"] == pytest.approx(float(pick["accuracy"]), abs=1e-9)  # the searched int8 model
     timed = info["measured_at_export"]  # the QDQ file is what the run timed; its figure sits beside it
     assert timed["searched_format"] == "onnx-int8" and 0.25 < timed["ratio_to_run"] < 4
+    # A member the run kept in fp32: its onnx-int8 is whole-model int8 it never searched, reported, not required.
+    plain = next(r for r in rows if "int8=" not in r["arch"] and r["accuracy_source"] == "measured")
+    assert main(["export", str(out), "--pick", plain["id"], "--format", "onnx,onnx-int8", "--out",
+                 str(tmp_path / "export-fp32")]) == 0
+    plain_info = json.loads((tmp_path / "export-fp32" / "model.json").read_text())
+    assert not plain_info["parity"]["formats"]["onnx-int8"]["required"] and "int8_units" not in plain_info
     model = hwnas.load(folder)  # the pruned fp32 layers load into their own (narrower) skeleton
     n_params = sum(p.numel() for p in model.parameters())
     full = hwnas.supernets.load_default().extract(hwnas.supernets.load_default().largest_config())
