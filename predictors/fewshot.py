@@ -495,6 +495,8 @@ def _head_prior(W: np.ndarray, shrink: float = 0.3) -> dict:
 _PRIOR_SCALES = np.exp(np.linspace(np.log(0.1), np.log(30.0), 13))
 _NOISE_VARS = np.exp(np.linspace(np.log(1e-3), np.log(1.0), 13))
 _GRID = tuple(g.reshape(-1) for g in np.meshgrid(_PRIOR_SCALES, _NOISE_VARS, indexing="ij"))
+_EXTRA_RATIOS = (0.01, 0.1, 1.0)  # prior scale of the extra proxy columns relative to the meta-learned head's
+FLEX_MIN_SHOTS = 20  # from this many shots on, candidates with many coefficients are weighed too
 MIN_WEIGHT = 1e-3  # candidates below this share of the leave-one-out weight are dropped
 META_PRIOR = 4.0  # prior log-odds of the meta-learned model against each alternative (_loo_weights)
 
@@ -527,7 +529,7 @@ def _blr(B: np.ndarray, z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> dic
             "cov": a[best] * cov - AB @ Kinv @ AB.T}
 
 
-def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict) -> dict:
+def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict, extra: np.ndarray | None = None) -> dict:
     """The meta-learned head for a new device: Bayesian model average over a mixture prior.
 
     The mixture has one component centred on each meta-training device's head plus one on
@@ -536,7 +538,23 @@ def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict) -> dict:
     instead of a blend dominated by the majority of devices.
     """
     cov = member["prior_cov"]
-    fits = [_blr(Phi, z, centre, cov) for centre in [*member["heads"], member["prior_mean"]]]
+    centres = [*member["heads"], member["prior_mean"]]
+    if extra is None:
+        fits = [_blr(Phi, z, centre, cov) for centre in centres]
+    else:
+        # The meta-learned head beside a zero-mean head on ``extra`` (standardised proxy columns) whose
+        # prior scale, relative to the meta-learned one, the marginal likelihood picks.
+        k1, k2 = Phi.shape[1], extra.shape[1]
+        B = np.hstack([Phi, extra])
+        scale = float(np.trace(cov)) / k1
+        fits = []
+        for ratio in _EXTRA_RATIOS:
+            big = np.zeros((k1 + k2, k1 + k2))
+            big[:k1, :k1], big[k1:, k1:] = cov, ratio * scale * np.eye(k2)
+            fits += [_blr(B, z, np.concatenate([centre, np.zeros(k2)]), big) for centre in centres]
+        for f in fits:
+            f["extra"], f["beta"] = f["beta"][k1:], f["beta"][:k1]
+            f["cov"] = f["cov"][:k1, :k1]
     ll = np.array([f["ll"] for f in fits])
     w = np.exp(ll - ll.max())
     w /= w.sum()
@@ -546,7 +564,10 @@ def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict) -> dict:
     # Posterior covariance of the head and noise, averaged over the components (for uncertainty only).
     cov = sum(wi * f["cov"] for wi, f in zip(w, fits))
     noise = sum(wi * f["s2"] for wi, f in zip(w, fits))
-    return {"phi": head, "loo_mu": mu, "loo_var": np.maximum(var, 1e-12), "cov": cov, "s2": noise}
+    out = {"phi": head, "loo_mu": mu, "loo_var": np.maximum(var, 1e-12), "cov": cov, "s2": noise}
+    if extra is not None:
+        out["extra"] = sum(wi * f["extra"] for wi, f in zip(w, fits))
+    return out
 
 
 class _Proxies:
@@ -564,6 +585,8 @@ class _Proxies:
         self.std = (raw - self.mu) / self.sd
         self.additive = tspace.additive_features(G).astype(np.float64)
         self.op_sets = {name: [self.N_FIXED + c for c in cols] for name, cols in tspace.op_count_sets.items()}
+        n_typed = tspace.typed_work(G[:1]).shape[1]
+        self.typed = list(range(raw.shape[1] - n_typed, raw.shape[1]))
 
     @staticmethod
     def raw(tspace: TabularSpace, G: np.ndarray) -> np.ndarray:
@@ -572,7 +595,7 @@ class _Proxies:
         counts = tspace.counts(G)
         fixed = np.stack([tspace.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, tspace.layers(G),
                           counts[:, 1] / 1e6, counts[:, 2] / 1e6], 1)
-        return np.hstack([fixed, tspace.op_counts(G)])
+        return np.hstack([fixed, tspace.op_counts(G), tspace.typed_work(G)])
 
     # Analytical models of cost: compute-bound (MACs), memory-bound (values moved), both (a roofline
     # sum), per-kernel overhead (small-batch GPUs: the operators that run), and overhead + roofline;
@@ -582,12 +605,21 @@ class _Proxies:
     BASES = {"flops": [0], "bytes": [1], "roofline": [0, 1], "layers": [2], "launch_roofline": [0, 1, 2],
              "traffic": [0, 3, 4], "launch_traffic": [0, 2, 3, 4]}
 
-    def bases(self):
-        """name -> (basis with a trailing 1, columns of the raw proxies it uses or None for additive)."""
+    def flexible_columns(self) -> list:
+        """The raw columns of the per-block-type roofline (:meth:`TabularSpace.typed_work`) beside the
+        overall MACs, values moved and operators that run: what a device's own shots can fit when there
+        are enough of them (:data:`FLEX_MIN_SHOTS`)."""
+        return [0, 1, 2] + self.typed if self.typed else []
+
+    def bases(self, flexible: bool = False):
+        """name -> (basis with a trailing 1, columns of the raw proxies it uses or None for additive);
+        ``flexible``: also the per-block-type rooflines (many coefficients: for 20 shots or more)."""
         one = np.ones((len(self.std), 1))
         sets = dict(self.BASES)
         for name, cols in self.op_sets.items():
             sets[name], sets[f"{name}_roofline"] = cols, [0, 1] + cols
+        if flexible and self.typed and len(self.std) > 2 * len(self.flexible_columns()):
+            sets["typed"], sets["typed_roofline"] = self.typed, self.flexible_columns()
         out = {name: (np.hstack([self.std[:, cols], one]), cols) for name, cols in sets.items()}
         out["layerwise"] = (np.hstack([self.additive, one]), None)
         return out
@@ -620,9 +652,19 @@ def _candidates(Phi: np.ndarray, z: np.ndarray, member: dict, proxies: _Proxies,
     scale = float(np.trace(member["prior_cov"])) / k1
     fit = _blr(Phi, z, np.zeros(k1), scale * np.eye(k1))
     fits["embedding"] = {**fit, "phi": fit["beta"]}
-    for name, (B, columns) in proxies.bases().items():
+    flexible = len(z) >= FLEX_MIN_SHOTS
+    for name, (B, columns) in proxies.bases(flexible).items():
         fit = _blr(B, z, np.zeros(B.shape[1]), np.eye(B.shape[1]))
         fits[name] = {**fit, "raw": proxies.to_raw(fit["beta"], columns)}
+    # The meta-learned model with analytical proxies beside it, for what the meta-training devices do not
+    # show (a GPU held out of meta-training: its launches and depthwise kernels): the overall roofline and
+    # operators by type, and with more shots than it has coefficients, the per-block-type roofline.
+    extras = {f"meta_{name}": [0, 1, 2] + cols for name, cols in proxies.op_sets.items()}
+    extras["meta_typed"] = proxies.flexible_columns()
+    for name, cols in extras.items():
+        if flexible and cols and len(z) > len(cols):
+            fit = _meta_fit(Phi, z, member, proxies.std[:, cols])
+            fits[name] = {**fit, "raw": proxies.to_raw(np.append(fit["extra"], 0.0), cols)}
     return fits
 
 
@@ -655,7 +697,7 @@ def _combine(fits: dict, weights: Dict[str, float], proxies: _Proxies, k1: int):
         f = fits[name]
         if "phi" in f:
             w += share * f["phi"]
-        else:
+        if "raw" in f:
             p, a, c = f["raw"]
             proxy += share * p
             additive += share * a

@@ -253,3 +253,31 @@ def test_add_with_energy_compares_the_adapted_model_with_the_analytical_estimate
 
     G = device_space("fbnet").space.sample(np.random.default_rng(2), 500)
     assert spearmanr(model.predict(G)["energy_mJ"], device_space("fbnet").tspace.macs(G))[0] > 0.9
+
+
+@needs_artifacts
+@pytest.mark.parametrize("space", ["fbnet", "ofa_mbv3"])
+def test_with_fifty_shots_a_per_block_type_cost_is_learned(space):
+    """A device that pays its own price per block type (a cost the meta-training devices do not show):
+    with 50 shots the adaptation weighs the meta-learned model with the per-block-type roofline beside it
+    (issue 23: more shots when ten are not enough) and ranks like the device; with 10 it does not try."""
+    from scipy.stats import spearmanr
+
+    from hwnas.predictors.fewshot import load_pretrained
+
+    meta = load_pretrained(space)
+    t = meta.tspace
+    price = np.random.default_rng(7).uniform(0.0, 1.0, t.typed_work(meta.reference_genomes_).shape[1])
+
+    G = t.space.sample(np.random.default_rng(5), 2000)
+    scale = t.typed_work(G).std(0) + 1e-9
+
+    def cost(g):
+        return 1.0 + (t.typed_work(g) / scale) @ price
+
+    shots = np.vstack([meta.reference_genomes_, t.space.sample(np.random.default_rng(6), 40)])
+    adapted = meta.adapt(cost(shots), shots)
+    assert sum(w for k, w in adapted.weights_.items() if "typed" in k) > 0.5, adapted.weights_
+    assert spearmanr(adapted.predict(G), cost(G))[0] > 0.95
+    ten = meta.adapt(cost(meta.reference_genomes_))
+    assert not any("typed" in k for k in ten.weights_)

@@ -146,7 +146,7 @@ def test_fast_predict_equals_the_plain_forward_pass(space, one_torch_thread):
     t = adapted.tspace
     counts = t.counts(G)
     raw = np.column_stack([t.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, t.layers(G), counts[:, 1] / 1e6,
-                           counts[:, 2] / 1e6, t.op_counts(G)])
+                           counts[:, 2] / 1e6, t.op_counts(G), t.typed_work(G)])
     plain = np.mean([Phi @ m["w"] + raw @ m["proxy"] + adapted.tspace.additive_features(G) @ m["additive"]
                      for Phi, m in zip(adapted.embed(G), adapted.members_)], 0)
     np.testing.assert_allclose(adapted.predict(G), plain * adapted.y_std_ + adapted.y_mean_, rtol=1e-5, atol=1e-5)
