@@ -672,14 +672,27 @@ def _loo_weights(fits: dict, z: np.ndarray) -> Dict[str, float]:
     """Weights of the candidates from the shots alone: each one's leave-one-out error as a Gaussian
     predictive density, ``-n/2 log(LOO MSE)`` (pseudo-Bayesian model averaging, Yao et al. 2018, with one
     noise level per candidate: per-shot variances made a lucky flexible model look certain), plus
-    prior log-odds :data:`META_PRIOR` for the meta-learned model, the one trained to transfer. With
+    prior log-odds :data:`META_PRIOR` x :func:`_resemblance` squared for the meta-learned model, the
+    one trained to transfer, as far as the meta-training devices resemble the shots. With
     ten shots a proxy's better fit is often chance; on HELP's splits the prior kept every device at
     its meta-learned figure while a proxy takes over where the shots clearly favour it
     (benchmarks/results/fewshot.md)."""
     names = list(fits)
     mse = np.array([np.mean((fits[n]["loo_mu"] - z) ** 2) for n in names])
-    scores = -0.5 * len(z) * np.log(np.maximum(mse, 1e-12)) + np.array([META_PRIOR * (n == "meta") for n in names])
+    prior = META_PRIOR * _resemblance(names, mse) ** 2
+    scores = -0.5 * len(z) * np.log(np.maximum(mse, 1e-12)) + np.array([prior * (n == "meta") for n in names])
     return _normalise(names, scores)
+
+
+def _resemblance(names, mse) -> float:
+    """How much of the shots' variance the closest meta-training device explains: 1 minus the smallest
+    leave-one-out MSE of the ``device:*`` candidates (each one device's head, scaled and shifted), in
+    [0, 1]; 1 where there are none. The meta-learned model's prior odds are :data:`META_PRIOR` times its
+    square: a device like the meta-training ones (HELP's validation devices: 0.96-0.99) keeps nearly all
+    of them, one unlike all of them (a GPU when no GPU was meta-trained on: about 0.5) little, so its
+    shots decide (issue 23.2: a prior that can leave the meta-training heads behind)."""
+    dev = [m for n, m in zip(names, mse) if n.startswith("device:")]
+    return float(np.clip(1.0 - min(dev), 0.0, 1.0)) if dev else 1.0
 
 
 def _normalise(names, scores) -> Dict[str, float]:
