@@ -298,11 +298,14 @@ class FewShotPredictor:
         # Chunks keep the hidden activations in cache: ~2x faster on large batches.
         proxy = np.mean([m.get("proxy", np.zeros(1)) for m in self.members_], 0)
         additive = np.mean([m.get("additive", np.zeros(0)) for m in self.members_], 0)
+        used = int(np.flatnonzero(proxy)[-1]) + 1 if proxy.any() else 0  # proxy columns with weight
+        typed = used > _Proxies.N_FIXED + len(self.tspace.op_counts(G[:1])[0])
         for start in range(0, len(G), PREDICT_CHUNK):
             g = G[start : start + PREDICT_CHUNK]
             z = sum(_mlp(layers, self.tspace.features(g))[:, 0] for layers in folded) / len(folded)
             if proxy.any():  # analytical proxies that the shots gave weight to (MACs, values moved, ...)
-                z = z + _Proxies.raw(self.tspace, g)[:, : len(proxy)] @ proxy  # files saved before op counts: 3
+                # Files saved before op counts have 3 columns; the per-block-type work only when it has weight.
+                z = z + _Proxies.raw(self.tspace, g, typed)[:, :used] @ proxy[:used]
             if additive.size and additive.any():
                 z = z + self.tspace.additive_features(g) @ additive
             out[start : start + PREDICT_CHUNK] = z
@@ -589,13 +592,14 @@ class _Proxies:
         self.typed = list(range(raw.shape[1] - n_typed, raw.shape[1]))
 
     @staticmethod
-    def raw(tspace: TabularSpace, G: np.ndarray) -> np.ndarray:
-        """(n, 5 + k): MACs and values moved in millions, the operators that run (kernel launches), weight
-        and activation values moved apart (millions), and the operators of each type."""
+    def raw(tspace: TabularSpace, G: np.ndarray, typed: bool = True) -> np.ndarray:
+        """(n, 5 + k [+ 4 t]): MACs and values moved in millions, the operators that run (kernel launches),
+        weight and activation values moved apart (millions), the operators of each type, and (``typed``)
+        the per-block-type work (:meth:`TabularSpace.typed_work`)."""
         counts = tspace.counts(G)
         fixed = np.stack([tspace.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, tspace.layers(G),
                           counts[:, 1] / 1e6, counts[:, 2] / 1e6], 1)
-        return np.hstack([fixed, tspace.op_counts(G), tspace.typed_work(G)])
+        return np.hstack([fixed, tspace.op_counts(G)] + ([tspace.typed_work(G)] if typed else []))
 
     # Analytical models of cost: compute-bound (MACs), memory-bound (values moved), both (a roofline
     # sum), per-kernel overhead (small-batch GPUs: the operators that run), and overhead + roofline;
