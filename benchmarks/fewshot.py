@@ -77,16 +77,18 @@ def throughput(predictor: FewShotPredictor, n: int = 200_000, repeats: int = 3) 
     return {"wall_clock": n / wall, "per_cpu_second": n / cpu}
 
 
-def _adapted_pretrained(space: str, table: str | None):
+def _adapted_pretrained(space: str, table: str | None, shots: int = 10):
     """``load_pretrained(space)`` adapted on the 10 reference archs of a device of the table
-    (the first test-like device), or on their MACs when the table is absent."""
+    (the first test-like device), or on their MACs when the table is absent; ``shots`` > 10 adds
+    random pool architectures of that device (:func:`shot_rows`, seed 0)."""
     from hwnas.predictors.fewshot import load_pretrained
 
     predictor = load_pretrained(space)
     try:
         bench = TabularBenchmark.load(space, table)
         device = bench.devices[-1]
-        values = bench.values(device)[bench.rows_of_arch_idx(bench.reference_archs())]
+        rows = shot_rows(bench, bench.column_name(device), shots, np.random.default_rng(0))
+        return predictor.adapt(bench.values(device)[rows], bench.genomes[rows]), f"{device} ({len(rows)} shots)"
     except HwnasError:
         device, values = "MACs of the reference archs", predictor.tspace.macs(predictor.reference_genomes_) / 1e6
     return predictor.adapt(values), device
@@ -122,11 +124,11 @@ def run_throughput(args) -> dict:
         torch.set_num_threads(threads)
         for space in spaces:
             table = args.table if args.space == space else None  # None: the shared data, if present
-            adapted, device = _adapted_pretrained(space, table)
+            adapted, device = _adapted_pretrained(space, table, args.shots)
             G = adapted.tspace.space.sample(np.random.default_rng(0), args.n)
             for batch in (args.n, 1000):
                 r = measure_throughput(adapted.predict, G, batch, args.repeats)
-                r.update(threads=threads, adapted_on=device)
+                r.update(threads=threads, adapted_on=device, weights=adapted.weights_)
                 out["spaces"].setdefault(space, []).append(r)
                 print(f"{space:<9} threads {threads} batch {batch:>7}: best {r['best_per_s']:>12,.0f}/s  "
                       f"median {r['median_per_s']:>12,.0f}/s  ({r['per_cpu_second_best']:,.0f} per CPU-s; "
@@ -177,6 +179,7 @@ def run(args) -> dict:
             raise HwnasError(f"test device {d!r} has too few query architectures ({len(queries[d])})")
 
     rhos = {d: [] for d in test}
+    resemblance = {d: [] for d in test}
     base_rhos = {name: {d: [] for d in test} for name in BASELINES}
     meta_seconds, last = [], None
     for seed in range(args.seeds):
@@ -189,6 +192,7 @@ def run(args) -> dict:
             shots = shot_rows(bench, c, args.shots, rng)
             last = predictor.adapt(values[shots], G[shots])
             rhos[d].append(spearmanr(last.predict(G[q]), values[q])[0])
+            resemblance[d].append(last.resemblance_)
             # Baselines see the same shots; with fixed shots they are deterministic, so one run.
             if seed == 0 or args.shots > 10:
                 for name, cls in BASELINES.items():
@@ -202,6 +206,8 @@ def run(args) -> dict:
         return out, float(np.mean([v["rho_mean"] for v in out.values()]))
 
     per_device, mean_rho = summary(rhos)
+    for d in test:  # how like the closest meta-training device the shots are (R^2, leave-one-out)
+        per_device[d]["resemblance_mean"] = float(np.mean(resemblance[d]))
     baselines = {}
     for name in BASELINES:
         b_dev, b_mean = summary(base_rhos[name])
@@ -281,7 +287,7 @@ def run_logo(args) -> dict:
     for group in groups:
         test = [d for d in bench.devices if device_group(args.space, d) == group]
         train = [d for d in bench.devices if device_group(args.space, d) != group]
-        per = {d: {n: {k: [] for k in ("ours", "expected", "flops", "layerwise", "nearest", "non_meta")}
+        per = {d: {n: {k: [] for k in ("ours", "expected", "resemblance", "flops", "layerwise", "nearest", "non_meta")}
                    for n in shot_counts} for d in test}
         ceiling = {d: pool_ridge_rho(bench, d) for d in test}
         for seed in range(args.seeds):
@@ -297,6 +303,7 @@ def run_logo(args) -> dict:
                     adapted = meta.adapt(y, G[shots])
                     cell["ours"].append(spearmanr(adapted.predict(G[q]), values[q])[0])
                     cell["expected"].append(adapted.expected_rho())
+                    cell["resemblance"].append(adapted.resemblance_)
                     for name, cls in BASELINES.items():
                         cell[name].append(spearmanr(cls(bench.tspace).fit(G[shots], y).predict(G[q]), values[q])[0])
                     near = bench.values(nearest_device(bench, train, shots, y))[q]
@@ -323,9 +330,8 @@ adapted model itself expects (`FewShotPredictor.expected_rho`, over random archi
 space, not the trimmed query set). "ours at 50" is the same device with 50 shots. "whole-pool ridge" is a
 reference, not a baseline: a ridge on the same features fitted on all of the device's pool architectures
 (about 700 NB201, 3,000 FBNet/OFA); where it is low (phones with whole-millisecond latencies, OFA's
-batch-1 GPUs) much of the query's ranking is ties and noise that features of the architecture do not
-explain (a more flexible model fitted on the whole pool can do somewhat better: boosted trees reach 0.95
-on OFA's v100_32 where this ridge has 0.92)."""
+batch-1 GPUs) much of the query's ranking is ties and noise that these features explain only linearly
+or not at all (it is not an upper bound: a more flexible model fitted on the whole pool can do better)."""
 
 
 def logo_markdown(results: list) -> str:

@@ -258,11 +258,12 @@ class FewShotPredictor:
         self._table = self._folded_layers = None  # caches of the previous adaptation
         z = (y - self.y_mean_) / self.y_std_
         proxies = _Proxies(self.tspace, G)
-        self.weights_ = {}
+        self.weights_, resemblance = {}, []
         for member, Phi in zip(self.members_, self.embed(G)):
             fits = _candidates(Phi, z, member, proxies, self.meta_columns_) if self.proxies else \
                 {"meta": _meta_fit(Phi, z, member)}
             weights = _loo_weights(fits, z)
+            resemblance.append(_resemblance(list(fits), [np.mean((f["loo_mu"] - z) ** 2) for f in fits.values()]))
             member["w"], member["proxy"], member["additive"] = _combine(fits, weights, proxies, Phi.shape[1])
             member["post_cov"], member["noise"] = fits["meta"]["cov"], np.array([fits["meta"]["s2"]])
             loo = sum(w * fits[name]["loo_mu"] for name, w in weights.items())
@@ -271,6 +272,8 @@ class FewShotPredictor:
             for name, w in weights.items():
                 self.weights_[name] = self.weights_.get(name, 0.0) + w / len(self.members_)
         self.loo_ = np.mean([m["loo"] for m in self.members_], 0)
+        # How like the closest meta-training device the shots are (1 without the proxies' candidates).
+        self.resemblance_ = float(np.mean(resemblance))
         return self
 
     def adapt(self, values, genomes=None) -> "FewShotPredictor":
@@ -415,7 +418,8 @@ class FewShotPredictor:
             "n_layers": len(self.members_[0]["layers"]),
             "meta_columns": self.meta_columns_,
             "adapted": {"y_mean": self.y_mean_, "y_std": self.y_std_, "weights": self.weights_,
-                        "loo": list(self.loo_)} if "w" in self.members_[0] else None,
+                        "loo": list(self.loo_), "resemblance": getattr(self, "resemblance_", 1.0)}
+            if "w" in self.members_[0] else None,
         }
         arrays["header"] = np.array(json.dumps(header))
         with open(path, "wb") as f:
@@ -450,6 +454,7 @@ class FewShotPredictor:
             pred.y_mean_, pred.y_std_ = header["adapted"]["y_mean"], header["adapted"]["y_std"]
             pred.weights_ = header["adapted"].get("weights", {"meta": 1.0})
             pred.loo_ = np.array(header["adapted"].get("loo", []), dtype=float)
+            pred.resemblance_ = float(header["adapted"].get("resemblance", 1.0))
         return pred
 
     def get_params(self) -> dict:
