@@ -182,10 +182,16 @@ def test_add_reports_the_expected_rho_and_whether_more_samples_pay(tmp_path, cap
     path = write_csv(tmp_path / "s.csv", ["arch", "latency_ms"],
                      [[a, f"{v:.4f}"] for a, v in zip(refs, macs_latency("nb201", refs))])
     assert main(["devices", "add", "clean", "--space", "nb201", "--samples", str(path)]) == 0
-    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("expected Spearman rho"))
+    out = capsys.readouterr().out.splitlines()
+    line = next(li for li in out if li.startswith("expected Spearman rho"))
     now, more = (float(x) for x in __import__("re").findall(r": (0\.\d+|1\.000)", line)[:2])
     assert 0 < now <= 1 and more >= now - 1e-9
     assert ("would pay" in line) == (more - now >= 0.01)
+    # How like a meta-training device the samples are, and what the adapted model leans on.
+    line = next(li for li in out if li.startswith("the closest meta-training device explains"))
+    r2 = float(line.split("explains ")[1].split()[0])
+    assert 0 <= r2 <= 1 and "weighs" in line
+    assert ("the samples decide" in line) == (r2 < 0.8)
 
 
 # --------------------------------------------------------------------------- never worse than a proxy (issue 23.1)
