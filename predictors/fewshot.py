@@ -390,8 +390,10 @@ class FewShotPredictor:
         rng = np.random.default_rng(seed)
         eps = rng.standard_normal((len(S), draws))
         misfit = np.sqrt(float(member.get("loo_mse", np.zeros(1))[0]))
-        # The head's uncertainty counts as much as the meta-learned model is weighed.
-        head = self.weights_.get("meta", 0.0) * Phi @ (L @ eps)
+        # The head's uncertainty counts as much as the meta-learned model is weighed (alone or with
+        # proxies beside it: the meta_* candidates).
+        share = sum(w for k, w in self.weights_.items() if k == "meta" or k.startswith("meta_"))
+        head = share * Phi @ (L @ eps)
         truth = mean[:, None] + head + misfit * rng.standard_normal((len(mean), draws))
         r_mean = rankdata(mean)
         r_truth = np.apply_along_axis(rankdata, 0, truth)
