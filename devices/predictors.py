@@ -136,7 +136,8 @@ class TabularCostModel(CostModel):
         """The latency model's own expected Spearman rho over the space now and after ``extra`` more
         samples chosen to reduce its uncertainty (``hwnas devices refs --device``)."""
         model = self.adapted["latency_ms"]
-        return {"now": model.expected_rho(), "more": model.expected_rho(extra), "extra": extra}
+        return {"now": model.expected_rho(), "more": model.expected_rho(extra), "extra": extra,
+                "resemblance": getattr(model, "resemblance_", 1.0), "weights": dict(model.weights_)}
 
     def suggest(self, n: int) -> np.ndarray:
         """``n`` architectures not among the samples that most reduce the latency model's uncertainty."""

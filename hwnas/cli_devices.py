@@ -167,6 +167,11 @@ def _fit_summary(profile, space: str) -> str:
         lines.append(f"expected Spearman rho of latency over the space (the model's own estimate): {a['now']:.3f}; "
                      f"with {a['extra']} more samples from {more}: {a['more']:.3f} "
                      + ("(more samples would pay)" if pays else "(more samples would hardly change it)"))
+        top = sorted(a["weights"].items(), key=lambda kv: -kv[1])[:3]
+        lines.append(f"the closest meta-training device explains {a['resemblance']:.2f} of the samples' variance "
+                     f"(leave-one-out R^2); the adapted latency model weighs "
+                     + ", ".join(f"{k} {w:.2f}" for k, w in top)
+                     + (" (unlike the meta-training devices: the samples decide)" if a["resemblance"] < 0.8 else ""))
     if "energy_mJ" in rhos and hasattr(model, "estimated_energy"):
         from scipy.stats import spearmanr
 

@@ -147,6 +147,14 @@ class TabularSpace:
         not by MACs."""
         raise NotImplementedError
 
+    def typed_work(self, genomes) -> np.ndarray:
+        """(n, 4 t): per block type (``t`` of them), how many blocks of that type run and their MACs,
+        weight values and activation values moved (millions): a roofline per block type, whose
+        coefficients a device's samples can fit (a GPU's depthwise kernels cost per launch, an int8
+        runtime's by size). Empty for spaces whose op counts already say this (NB201: every edge of
+        a type does the same work)."""
+        return np.zeros((len(_as_genomes(genomes, self.space.n_var)), 0))
+
     def additive_features(self, genomes) -> np.ndarray:
         """Per-layer indicators for an additive (lookup-table) cost model."""
         G = _as_genomes(genomes, self.space.n_var)
@@ -376,6 +384,13 @@ class FbnetSpace(TabularSpace):
         counts = np.bincount((np.arange(len(G))[:, None] * n_ops + G).ravel(), minlength=len(G) * n_ops)
         return counts.reshape(len(G), n_ops).astype(float)
 
+    def typed_work(self, genomes) -> np.ndarray:
+        """(n, 36): per op type (:data:`FBNET_OPS`) its blocks, then their MACs, weights and activations."""
+        G = self.check(genomes)
+        work = self.block_work[np.arange(22)[None, :], G] / 1e6  # (n, 22, 3)
+        onehot = G[:, :, None] == np.arange(len(FBNET_OPS))[None, None, :]  # (n, 22, 9)
+        return np.hstack([onehot.sum(1), np.einsum("nbt,nbc->nct", onehot.astype(float), work).reshape(len(G), -1)]).astype(float)
+
     def features(self, genomes) -> np.ndarray:
         """(n, 230): per block the op one-hot (22 x 9), relative block MACs (22), the share of
         blocks using each op (9), log total MACs (1); table lookups into one array (prediction
@@ -524,6 +539,16 @@ class OfaSpace(TabularSpace):
         kernel = [((G[:, :20] == i) & active).sum(1) for i in range(len(OFA_KERNELS))]
         expand = [((G[:, 20:40] == i) & active).sum(1) for i in range(len(OFA_EXPANDS))]
         return np.stack(kernel + expand, 1).astype(float)
+
+    def typed_work(self, genomes) -> np.ndarray:
+        """(n, 36): per (kernel, expand) block type its active blocks, then their MACs, weights and activations."""
+        G = self.check(genomes)
+        if getattr(self, "_slot_work", None) is None:
+            self._slot_work, self._fixed_work_by_res = self._work_tables()
+        work = self._slot_lookup(self._slot_work, G) / 1e6  # (n, 20, 3), 0 where inactive
+        kinds = len(OFA_KERNELS) * len(OFA_EXPANDS)
+        onehot = ((G[:, :20] * len(OFA_EXPANDS) + G[:, 20:40])[:, :, None] == np.arange(kinds)) & self._active_slots(G)[:, :, None]
+        return np.hstack([onehot.sum(1), np.einsum("nbt,nbc->nct", onehot.astype(float), work).reshape(len(G), -1)]).astype(float)
 
     def layers(self, genomes) -> np.ndarray:
         """Three convs per active block, two more in squeeze-excite stages."""

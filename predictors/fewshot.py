@@ -258,11 +258,12 @@ class FewShotPredictor:
         self._table = self._folded_layers = None  # caches of the previous adaptation
         z = (y - self.y_mean_) / self.y_std_
         proxies = _Proxies(self.tspace, G)
-        self.weights_ = {}
+        self.weights_, resemblance = {}, []
         for member, Phi in zip(self.members_, self.embed(G)):
             fits = _candidates(Phi, z, member, proxies, self.meta_columns_) if self.proxies else \
                 {"meta": _meta_fit(Phi, z, member)}
             weights = _loo_weights(fits, z)
+            resemblance.append(_resemblance(list(fits), [np.mean((f["loo_mu"] - z) ** 2) for f in fits.values()]))
             member["w"], member["proxy"], member["additive"] = _combine(fits, weights, proxies, Phi.shape[1])
             member["post_cov"], member["noise"] = fits["meta"]["cov"], np.array([fits["meta"]["s2"]])
             loo = sum(w * fits[name]["loo_mu"] for name, w in weights.items())
@@ -271,6 +272,8 @@ class FewShotPredictor:
             for name, w in weights.items():
                 self.weights_[name] = self.weights_.get(name, 0.0) + w / len(self.members_)
         self.loo_ = np.mean([m["loo"] for m in self.members_], 0)
+        # How like the closest meta-training device the shots are (1 without the proxies' candidates).
+        self.resemblance_ = float(np.mean(resemblance))
         return self
 
     def adapt(self, values, genomes=None) -> "FewShotPredictor":
@@ -298,11 +301,14 @@ class FewShotPredictor:
         # Chunks keep the hidden activations in cache: ~2x faster on large batches.
         proxy = np.mean([m.get("proxy", np.zeros(1)) for m in self.members_], 0)
         additive = np.mean([m.get("additive", np.zeros(0)) for m in self.members_], 0)
+        used = int(np.flatnonzero(proxy)[-1]) + 1 if proxy.any() else 0  # proxy columns with weight
+        typed = used > _Proxies.N_FIXED + len(self.tspace.op_counts(G[:1])[0])
         for start in range(0, len(G), PREDICT_CHUNK):
             g = G[start : start + PREDICT_CHUNK]
             z = sum(_mlp(layers, self.tspace.features(g))[:, 0] for layers in folded) / len(folded)
             if proxy.any():  # analytical proxies that the shots gave weight to (MACs, values moved, ...)
-                z = z + _Proxies.raw(self.tspace, g)[:, : len(proxy)] @ proxy  # files saved before op counts: 3
+                # Files saved before op counts have 3 columns; the per-block-type work only when it has weight.
+                z = z + _Proxies.raw(self.tspace, g, typed)[:, :used] @ proxy[:used]
             if additive.size and additive.any():
                 z = z + self.tspace.additive_features(g) @ additive
             out[start : start + PREDICT_CHUNK] = z
@@ -384,8 +390,10 @@ class FewShotPredictor:
         rng = np.random.default_rng(seed)
         eps = rng.standard_normal((len(S), draws))
         misfit = np.sqrt(float(member.get("loo_mse", np.zeros(1))[0]))
-        # The head's uncertainty counts as much as the meta-learned model is weighed.
-        head = self.weights_.get("meta", 0.0) * Phi @ (L @ eps)
+        # The head's uncertainty counts as much as the meta-learned model is weighed (alone or with
+        # proxies beside it: the meta_* candidates).
+        share = sum(w for k, w in self.weights_.items() if k == "meta" or k.startswith("meta_"))
+        head = share * Phi @ (L @ eps)
         truth = mean[:, None] + head + misfit * rng.standard_normal((len(mean), draws))
         r_mean = rankdata(mean)
         r_truth = np.apply_along_axis(rankdata, 0, truth)
@@ -412,7 +420,8 @@ class FewShotPredictor:
             "n_layers": len(self.members_[0]["layers"]),
             "meta_columns": self.meta_columns_,
             "adapted": {"y_mean": self.y_mean_, "y_std": self.y_std_, "weights": self.weights_,
-                        "loo": list(self.loo_)} if "w" in self.members_[0] else None,
+                        "loo": list(self.loo_), "resemblance": getattr(self, "resemblance_", 1.0)}
+            if "w" in self.members_[0] else None,
         }
         arrays["header"] = np.array(json.dumps(header))
         with open(path, "wb") as f:
@@ -447,6 +456,7 @@ class FewShotPredictor:
             pred.y_mean_, pred.y_std_ = header["adapted"]["y_mean"], header["adapted"]["y_std"]
             pred.weights_ = header["adapted"].get("weights", {"meta": 1.0})
             pred.loo_ = np.array(header["adapted"].get("loo", []), dtype=float)
+            pred.resemblance_ = float(header["adapted"].get("resemblance", 1.0))
         return pred
 
     def get_params(self) -> dict:
@@ -495,6 +505,8 @@ def _head_prior(W: np.ndarray, shrink: float = 0.3) -> dict:
 _PRIOR_SCALES = np.exp(np.linspace(np.log(0.1), np.log(30.0), 13))
 _NOISE_VARS = np.exp(np.linspace(np.log(1e-3), np.log(1.0), 13))
 _GRID = tuple(g.reshape(-1) for g in np.meshgrid(_PRIOR_SCALES, _NOISE_VARS, indexing="ij"))
+_EXTRA_RATIOS = (0.01, 0.1, 1.0)  # prior scale of the extra proxy columns relative to the meta-learned head's
+FLEX_MIN_SHOTS = 20  # from this many shots on, candidates with many coefficients are weighed too
 MIN_WEIGHT = 1e-3  # candidates below this share of the leave-one-out weight are dropped
 META_PRIOR = 4.0  # prior log-odds of the meta-learned model against each alternative (_loo_weights)
 
@@ -527,7 +539,7 @@ def _blr(B: np.ndarray, z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> dic
             "cov": a[best] * cov - AB @ Kinv @ AB.T}
 
 
-def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict) -> dict:
+def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict, extra: np.ndarray | None = None) -> dict:
     """The meta-learned head for a new device: Bayesian model average over a mixture prior.
 
     The mixture has one component centred on each meta-training device's head plus one on
@@ -536,7 +548,23 @@ def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict) -> dict:
     instead of a blend dominated by the majority of devices.
     """
     cov = member["prior_cov"]
-    fits = [_blr(Phi, z, centre, cov) for centre in [*member["heads"], member["prior_mean"]]]
+    centres = [*member["heads"], member["prior_mean"]]
+    if extra is None:
+        fits = [_blr(Phi, z, centre, cov) for centre in centres]
+    else:
+        # The meta-learned head beside a zero-mean head on ``extra`` (standardised proxy columns) whose
+        # prior scale, relative to the meta-learned one, the marginal likelihood picks.
+        k1, k2 = Phi.shape[1], extra.shape[1]
+        B = np.hstack([Phi, extra])
+        scale = float(np.trace(cov)) / k1
+        fits = []
+        for ratio in _EXTRA_RATIOS:
+            big = np.zeros((k1 + k2, k1 + k2))
+            big[:k1, :k1], big[k1:, k1:] = cov, ratio * scale * np.eye(k2)
+            fits += [_blr(B, z, np.concatenate([centre, np.zeros(k2)]), big) for centre in centres]
+        for f in fits:
+            f["extra"], f["beta"] = f["beta"][k1:], f["beta"][:k1]
+            f["cov"] = f["cov"][:k1, :k1]
     ll = np.array([f["ll"] for f in fits])
     w = np.exp(ll - ll.max())
     w /= w.sum()
@@ -546,7 +574,10 @@ def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict) -> dict:
     # Posterior covariance of the head and noise, averaged over the components (for uncertainty only).
     cov = sum(wi * f["cov"] for wi, f in zip(w, fits))
     noise = sum(wi * f["s2"] for wi, f in zip(w, fits))
-    return {"phi": head, "loo_mu": mu, "loo_var": np.maximum(var, 1e-12), "cov": cov, "s2": noise}
+    out = {"phi": head, "loo_mu": mu, "loo_var": np.maximum(var, 1e-12), "cov": cov, "s2": noise}
+    if extra is not None:
+        out["extra"] = sum(wi * f["extra"] for wi, f in zip(w, fits))
+    return out
 
 
 class _Proxies:
@@ -564,15 +595,18 @@ class _Proxies:
         self.std = (raw - self.mu) / self.sd
         self.additive = tspace.additive_features(G).astype(np.float64)
         self.op_sets = {name: [self.N_FIXED + c for c in cols] for name, cols in tspace.op_count_sets.items()}
+        n_typed = tspace.typed_work(G[:1]).shape[1]
+        self.typed = list(range(raw.shape[1] - n_typed, raw.shape[1]))
 
     @staticmethod
-    def raw(tspace: TabularSpace, G: np.ndarray) -> np.ndarray:
-        """(n, 5 + k): MACs and values moved in millions, the operators that run (kernel launches), weight
-        and activation values moved apart (millions), and the operators of each type."""
+    def raw(tspace: TabularSpace, G: np.ndarray, typed: bool = True) -> np.ndarray:
+        """(n, 5 + k [+ 4 t]): MACs and values moved in millions, the operators that run (kernel launches),
+        weight and activation values moved apart (millions), the operators of each type, and (``typed``)
+        the per-block-type work (:meth:`TabularSpace.typed_work`)."""
         counts = tspace.counts(G)
         fixed = np.stack([tspace.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, tspace.layers(G),
                           counts[:, 1] / 1e6, counts[:, 2] / 1e6], 1)
-        return np.hstack([fixed, tspace.op_counts(G)])
+        return np.hstack([fixed, tspace.op_counts(G)] + ([tspace.typed_work(G)] if typed else []))
 
     # Analytical models of cost: compute-bound (MACs), memory-bound (values moved), both (a roofline
     # sum), per-kernel overhead (small-batch GPUs: the operators that run), and overhead + roofline;
@@ -582,12 +616,21 @@ class _Proxies:
     BASES = {"flops": [0], "bytes": [1], "roofline": [0, 1], "layers": [2], "launch_roofline": [0, 1, 2],
              "traffic": [0, 3, 4], "launch_traffic": [0, 2, 3, 4]}
 
-    def bases(self):
-        """name -> (basis with a trailing 1, columns of the raw proxies it uses or None for additive)."""
+    def flexible_columns(self) -> list:
+        """The raw columns of the per-block-type roofline (:meth:`TabularSpace.typed_work`) beside the
+        overall MACs, values moved and operators that run: what a device's own shots can fit when there
+        are enough of them (:data:`FLEX_MIN_SHOTS`)."""
+        return [0, 1, 2] + self.typed if self.typed else []
+
+    def bases(self, flexible: bool = False):
+        """name -> (basis with a trailing 1, columns of the raw proxies it uses or None for additive);
+        ``flexible``: also the per-block-type rooflines (many coefficients: for 20 shots or more)."""
         one = np.ones((len(self.std), 1))
         sets = dict(self.BASES)
         for name, cols in self.op_sets.items():
             sets[name], sets[f"{name}_roofline"] = cols, [0, 1] + cols
+        if flexible and self.typed and len(self.std) > 2 * len(self.flexible_columns()):
+            sets["typed"], sets["typed_roofline"] = self.typed, self.flexible_columns()
         out = {name: (np.hstack([self.std[:, cols], one]), cols) for name, cols in sets.items()}
         out["layerwise"] = (np.hstack([self.additive, one]), None)
         return out
@@ -620,9 +663,19 @@ def _candidates(Phi: np.ndarray, z: np.ndarray, member: dict, proxies: _Proxies,
     scale = float(np.trace(member["prior_cov"])) / k1
     fit = _blr(Phi, z, np.zeros(k1), scale * np.eye(k1))
     fits["embedding"] = {**fit, "phi": fit["beta"]}
-    for name, (B, columns) in proxies.bases().items():
+    flexible = len(z) >= FLEX_MIN_SHOTS
+    for name, (B, columns) in proxies.bases(flexible).items():
         fit = _blr(B, z, np.zeros(B.shape[1]), np.eye(B.shape[1]))
         fits[name] = {**fit, "raw": proxies.to_raw(fit["beta"], columns)}
+    # The meta-learned model with analytical proxies beside it, for what the meta-training devices do not
+    # show (a GPU held out of meta-training: its launches and depthwise kernels): the overall roofline and
+    # operators by type, and with more shots than it has coefficients, the per-block-type roofline.
+    extras = {f"meta_{name}": [0, 1, 2] + cols for name, cols in proxies.op_sets.items()}
+    extras["meta_typed"] = proxies.flexible_columns()
+    for name, cols in extras.items():
+        if flexible and cols and len(z) > len(cols):
+            fit = _meta_fit(Phi, z, member, proxies.std[:, cols])
+            fits[name] = {**fit, "raw": proxies.to_raw(np.append(fit["extra"], 0.0), cols)}
     return fits
 
 
@@ -630,14 +683,27 @@ def _loo_weights(fits: dict, z: np.ndarray) -> Dict[str, float]:
     """Weights of the candidates from the shots alone: each one's leave-one-out error as a Gaussian
     predictive density, ``-n/2 log(LOO MSE)`` (pseudo-Bayesian model averaging, Yao et al. 2018, with one
     noise level per candidate: per-shot variances made a lucky flexible model look certain), plus
-    prior log-odds :data:`META_PRIOR` for the meta-learned model, the one trained to transfer. With
+    prior log-odds :data:`META_PRIOR` x :func:`_resemblance` squared for the meta-learned model, the
+    one trained to transfer, as far as the meta-training devices resemble the shots. With
     ten shots a proxy's better fit is often chance; on HELP's splits the prior kept every device at
     its meta-learned figure while a proxy takes over where the shots clearly favour it
     (benchmarks/results/fewshot.md)."""
     names = list(fits)
     mse = np.array([np.mean((fits[n]["loo_mu"] - z) ** 2) for n in names])
-    scores = -0.5 * len(z) * np.log(np.maximum(mse, 1e-12)) + np.array([META_PRIOR * (n == "meta") for n in names])
+    prior = META_PRIOR * _resemblance(names, mse) ** 2
+    scores = -0.5 * len(z) * np.log(np.maximum(mse, 1e-12)) + np.array([prior * (n == "meta") for n in names])
     return _normalise(names, scores)
+
+
+def _resemblance(names, mse) -> float:
+    """How much of the shots' variance the closest meta-training device explains: 1 minus the smallest
+    leave-one-out MSE of the ``device:*`` candidates (each one device's head, scaled and shifted), in
+    [0, 1]; 1 where there are none. The meta-learned model's prior odds are :data:`META_PRIOR` times its
+    square: a device like the meta-training ones (HELP's validation devices: 0.96-0.99) keeps nearly all
+    of them, one unlike all of them (a GPU when no GPU was meta-trained on: about 0.5) little, so its
+    shots decide (issue 23.2: a prior that can leave the meta-training heads behind)."""
+    dev = [m for n, m in zip(names, mse) if n.startswith("device:")]
+    return float(np.clip(1.0 - min(dev), 0.0, 1.0)) if dev else 1.0
 
 
 def _normalise(names, scores) -> Dict[str, float]:
@@ -655,7 +721,7 @@ def _combine(fits: dict, weights: Dict[str, float], proxies: _Proxies, k1: int):
         f = fits[name]
         if "phi" in f:
             w += share * f["phi"]
-        else:
+        if "raw" in f:
             p, a, c = f["raw"]
             proxy += share * p
             additive += share * a

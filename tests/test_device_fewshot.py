@@ -182,10 +182,16 @@ def test_add_reports_the_expected_rho_and_whether_more_samples_pay(tmp_path, cap
     path = write_csv(tmp_path / "s.csv", ["arch", "latency_ms"],
                      [[a, f"{v:.4f}"] for a, v in zip(refs, macs_latency("nb201", refs))])
     assert main(["devices", "add", "clean", "--space", "nb201", "--samples", str(path)]) == 0
-    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("expected Spearman rho"))
+    out = capsys.readouterr().out.splitlines()
+    line = next(li for li in out if li.startswith("expected Spearman rho"))
     now, more = (float(x) for x in __import__("re").findall(r": (0\.\d+|1\.000)", line)[:2])
     assert 0 < now <= 1 and more >= now - 1e-9
     assert ("would pay" in line) == (more - now >= 0.01)
+    # How like a meta-training device the samples are, and what the adapted model leans on.
+    line = next(li for li in out if li.startswith("the closest meta-training device explains"))
+    r2 = float(line.split("explains ")[1].split()[0])
+    assert 0 <= r2 <= 1 and "weighs" in line
+    assert ("the samples decide" in line) == (r2 < 0.8)
 
 
 # --------------------------------------------------------------------------- never worse than a proxy (issue 23.1)
@@ -253,3 +259,31 @@ def test_add_with_energy_compares_the_adapted_model_with_the_analytical_estimate
 
     G = device_space("fbnet").space.sample(np.random.default_rng(2), 500)
     assert spearmanr(model.predict(G)["energy_mJ"], device_space("fbnet").tspace.macs(G))[0] > 0.9
+
+
+@needs_artifacts
+@pytest.mark.parametrize("space", ["fbnet", "ofa_mbv3"])
+def test_with_fifty_shots_a_per_block_type_cost_is_learned(space):
+    """A device that pays its own price per block type (a cost the meta-training devices do not show):
+    with 50 shots the adaptation weighs the meta-learned model with the per-block-type roofline beside it
+    (issue 23: more shots when ten are not enough) and ranks like the device; with 10 it does not try."""
+    from scipy.stats import spearmanr
+
+    from hwnas.predictors.fewshot import load_pretrained
+
+    meta = load_pretrained(space)
+    t = meta.tspace
+    price = np.random.default_rng(7).uniform(0.0, 1.0, t.typed_work(meta.reference_genomes_).shape[1])
+
+    G = t.space.sample(np.random.default_rng(5), 2000)
+    scale = t.typed_work(G).std(0) + 1e-9
+
+    def cost(g):
+        return 1.0 + (t.typed_work(g) / scale) @ price
+
+    shots = np.vstack([meta.reference_genomes_, t.space.sample(np.random.default_rng(6), 40)])
+    adapted = meta.adapt(cost(shots), shots)
+    assert sum(w for k, w in adapted.weights_.items() if "typed" in k) > 0.5, adapted.weights_
+    assert spearmanr(adapted.predict(G), cost(G))[0] > 0.95
+    ten = meta.adapt(cost(meta.reference_genomes_))
+    assert not any("typed" in k for k in ten.weights_)

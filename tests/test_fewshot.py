@@ -134,19 +134,26 @@ def test_pretrained_artifact_loads_and_adapts(nb201):
 
 
 # --- prediction speed-ups: exact, whatever the data (no ../shared needed) ----------------------
-@pytest.mark.parametrize("space", ["nb201", "fbnet", "ofa_mbv3"])
-def test_fast_predict_equals_the_plain_forward_pass(space, one_torch_thread):
+@pytest.mark.parametrize("space, shots", [("nb201", 10), ("fbnet", 10), ("ofa_mbv3", 10), ("fbnet", 50),
+                                         ("ofa_mbv3", 50)])
+def test_fast_predict_equals_the_plain_forward_pass(space, shots, one_torch_thread):
     if not artifact_path(space).is_file():
         pytest.skip("no shipped artifact")
     meta = load_pretrained(space)
-    adapted = meta.adapt(np.linspace(1.0, 3.0, 10))
+    if shots == 10:
+        adapted = meta.adapt(np.linspace(1.0, 3.0, 10))
+    else:  # enough shots for the per-block-type roofline: a cost that follows it
+        S = np.vstack([meta.reference_genomes_, meta.tspace.space.sample(np.random.default_rng(4), shots - 10)])
+        work = meta.tspace.typed_work(S)
+        adapted = meta.adapt(1.0 + work @ np.random.default_rng(2).uniform(0, 1, work.shape[1]), S)
+        assert adapted.members_[0]["proxy"][-work.shape[1]:].any(), adapted.weights_
     G = adapted.tspace.space.sample(np.random.default_rng(3), 20_000)  # > PREDICT_CHUNK: several chunks
     # Reference: features -> trunk -> phi with bias, times the adapted head (no folding, no tables),
     # plus the analytical proxies the shots gave weight to (MACs, values moved, additive table).
     t = adapted.tspace
     counts = t.counts(G)
     raw = np.column_stack([t.macs(G) / 1e6, (counts[:, 1] + counts[:, 2]) / 1e6, t.layers(G), counts[:, 1] / 1e6,
-                           counts[:, 2] / 1e6, t.op_counts(G)])
+                           counts[:, 2] / 1e6, t.op_counts(G), t.typed_work(G)])
     plain = np.mean([Phi @ m["w"] + raw @ m["proxy"] + adapted.tspace.additive_features(G) @ m["additive"]
                      for Phi, m in zip(adapted.embed(G), adapted.members_)], 0)
     np.testing.assert_allclose(adapted.predict(G), plain * adapted.y_std_ + adapted.y_mean_, rtol=1e-5, atol=1e-5)

@@ -325,3 +325,23 @@ def test_ofa_counts_equal_count_model_on_the_extracted_subnetwork(one_torch_thre
     # Only the squeeze-excite rounding separates them from the MAC count (on 1x1 maps: tiny).
     G = np.stack(genomes)
     np.testing.assert_allclose(space.counts(G)[:, 0], space.macs(G), rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["fbnet", "ofa_mbv3"])
+def test_typed_work_splits_the_block_work_by_block_type(name):
+    """Per block type: blocks that run, then MACs, weights and activations (millions); summed over the
+    types they are the network's work less its fixed layers."""
+    from hwnas.tabular import space_from_spec
+
+    t = space_from_spec({"name": name})
+    G = t.space.sample(np.random.default_rng(1), 200)
+    typed = t.typed_work(G)
+    kinds = typed.shape[1] // 4
+    assert typed.shape == (200, 36) and kinds == 9
+    fixed = t.counts(G) - typed[:, kinds:].reshape(200, 3, kinds).sum(2) * 1e6
+    assert np.allclose(fixed, fixed[0], rtol=1e-9, atol=1e-3) or name == "ofa_mbv3"  # OFA: fixed by resolution
+    if name == "fbnet":
+        np.testing.assert_array_equal(typed[:, :kinds], t.op_counts(G))
+    else:
+        np.testing.assert_array_equal(typed[:, :kinds].sum(1), t.op_counts(G)[:, :3].sum(1))
+    assert space_from_spec({"name": "nb201"}).typed_work(G[:3, :6] % 5).shape == (3, 0)
