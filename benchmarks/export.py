@@ -161,7 +161,7 @@ def main() -> None:
                        if bool(i.get("int8_units")) == searched] for searched in (True, False)}
 
     def span(values):
-        return f"{min(values) * 100:.2f}–{max(values) * 100:.2f} % ({len(values)} member{"s" if len(values) != 1 else ""})" if values else "no member"
+        return f"{min(values) * 100:.2f}–{max(values) * 100:.2f} % ({len(values)} member{'s' if len(values) != 1 else ''})" if values else "no member"
     r = infos[0]["run"]
     first = next((i for i in infos if i["measured_at_export"].get("searched_format")), None)
     ceiling = None
