@@ -124,8 +124,7 @@ class StrategyConfig(_Model):
     # predictions a strategy screens with are free). Default: population x generations.
     evaluations: Optional[int] = Field(default=None, ge=1, le=10000000)
     seed: int = Field(default=0, ge=0)
-    # Candidates measured before the search to fit the predictors of predicted objectives;
-    # linas: at most this many random candidates start it (and at most a fifth of the budget).
+    # Candidates measured before the search to fit the predictors of predicted objectives.
     initial_samples: int = Field(default=40, ge=4, le=100000)
     # NSGA-II's operators (nsga2, and linas's search on the predictions).
     crossover: OperatorConfig = OperatorConfig(eta=15, prob=0.9)
@@ -134,6 +133,8 @@ class StrategyConfig(_Model):
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     # linas: candidates measured per round, and NSGA-II's population and generations on the predictions.
     linas_batch: int = Field(default=10, ge=1, le=100000)
+    # linas: at most this many random candidates (beside the smallest and largest) start it, at most a fifth of the budget.
+    linas_initial: int = Field(default=20, ge=2, le=100000)
     linas_population: int = Field(default=100, ge=4, le=100000)
     linas_generations: int = Field(default=4, ge=1, le=10000)
     # linas picks by predicted value minus this many standard deviations of the surrogate's trees.

@@ -1,6 +1,6 @@
 """``linas``: NSGA-II on the loop's predictions, measure the most promising distinct batch, refit, repeat.
 
-After an initial design (the smallest and largest genomes, then random ones), every round
+After an initial design (the smallest and largest genomes, then random ones: ``linas_initial``), every round
 runs NSGA-II for ``linas_generations`` generations of ``linas_population`` on ``loop.predict``
 (the surrogate, refitted on everything measured so far), its parents the best measured
 candidates (by their measured values) and the population carried over from the last round.
@@ -136,7 +136,7 @@ class Linas:
         rng = np.random.default_rng(cfg.seed)
         problem = genome_problem(loop)
         self.crossover, self.mutation = operators(cfg)
-        n_init = min(cfg.initial_samples, max(8, loop.budget // 5))
+        n_init = min(cfg.linas_initial, max(8, loop.budget // 5))
         have = len(loop.history()[0])
         if have < n_init:
             # The extremes first: a surrogate does not extrapolate beyond what it saw (forests not at all).
