@@ -102,6 +102,13 @@ def _conv_work(cin, cout, k, h_in, h_out, groups=1, bias=False) -> np.ndarray:
     return np.stack(parts).astype(float)
 
 
+def _typed_work(onehot: np.ndarray, work: np.ndarray) -> np.ndarray:
+    """(n, 4 t) from ``onehot`` (n, blocks, t: each block's type) and ``work`` (n, blocks, 3: its MACs,
+    weights and activations): per type how many blocks, then their summed work (TabularSpace.typed_work)."""
+    per_type = np.einsum("nbt,nbc->nct", onehot.astype(float), work).reshape(len(work), -1)
+    return np.hstack([onehot.sum(1), per_type]).astype(float)
+
+
 def _make_divisible(v):
     """timm's ``make_divisible(v, 8)`` (channel rounding of OFA / :mod:`hwnas.supernets`), on arrays."""
     v = np.asarray(v, dtype=float)
@@ -388,8 +395,7 @@ class FbnetSpace(TabularSpace):
         """(n, 36): per op type (:data:`FBNET_OPS`) its blocks, then their MACs, weights and activations."""
         G = self.check(genomes)
         work = self.block_work[np.arange(22)[None, :], G] / 1e6  # (n, 22, 3)
-        onehot = G[:, :, None] == np.arange(len(FBNET_OPS))[None, None, :]  # (n, 22, 9)
-        return np.hstack([onehot.sum(1), np.einsum("nbt,nbc->nct", onehot.astype(float), work).reshape(len(G), -1)]).astype(float)
+        return _typed_work(G[:, :, None] == np.arange(len(FBNET_OPS))[None, None, :], work)  # types (n, 22, 9)
 
     def features(self, genomes) -> np.ndarray:
         """(n, 230): per block the op one-hot (22 x 9), relative block MACs (22), the share of
@@ -526,9 +532,8 @@ class OfaSpace(TabularSpace):
 
     def counts(self, genomes) -> np.ndarray:
         G = self.check(genomes)
-        if getattr(self, "_slot_work", None) is None:
-            self._slot_work, self._fixed_work_by_res = self._work_tables()
-        return self._slot_lookup(self._slot_work, G).sum(1) + self._fixed_work_by_res[G[:, 45]]
+        slot_work, fixed_work_by_res = self._work()
+        return self._slot_lookup(slot_work, G).sum(1) + fixed_work_by_res[G[:, 45]]
 
     op_count_sets = {"ops": [0, 1, 2, 3, 4, 5]}
 
@@ -543,18 +548,22 @@ class OfaSpace(TabularSpace):
     def typed_work(self, genomes) -> np.ndarray:
         """(n, 36): per (kernel, expand) block type its active blocks, then their MACs, weights and activations."""
         G = self.check(genomes)
-        if getattr(self, "_slot_work", None) is None:
-            self._slot_work, self._fixed_work_by_res = self._work_tables()
-        work = self._slot_lookup(self._slot_work, G) / 1e6  # (n, 20, 3), 0 where inactive
+        work = self._slot_lookup(self._work()[0], G) / 1e6  # (n, 20, 3), 0 where inactive
         kinds = len(OFA_KERNELS) * len(OFA_EXPANDS)
         onehot = ((G[:, :20] * len(OFA_EXPANDS) + G[:, 20:40])[:, :, None] == np.arange(kinds)) & self._active_slots(G)[:, :, None]
-        return np.hstack([onehot.sum(1), np.einsum("nbt,nbc->nct", onehot.astype(float), work).reshape(len(G), -1)]).astype(float)
+        return _typed_work(onehot, work)
 
     def layers(self, genomes) -> np.ndarray:
         """Three convs per active block, two more in squeeze-excite stages."""
         G = self.check(genomes)
         per_slot = np.repeat([3.0 + 2.0 * se for _, _, se in OFA_STAGES], 4)
         return self._active_slots(G) @ per_slot
+
+    def _work(self):
+        """(slot work, fixed work by resolution), built once on first use."""
+        if getattr(self, "_slot_work", None) is None:
+            self._slot_work, self._fixed_work_by_res = self._work_tables()
+        return self._slot_work, self._fixed_work_by_res
 
     def _work_tables(self):
         """Like :meth:`_mac_tables`, the three work counts of each slot and of the fixed layers."""

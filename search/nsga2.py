@@ -66,7 +66,8 @@ def best_known(loop: SearchLoop, problem: Problem, n: int, seed: int) -> np.ndar
     if not len(X):
         return X
     pop = Population.new(X=X.astype(float))
-    PymooEvaluator().eval(StaticProblem(problem, F=F, G=np.hstack([G, -np.ones((len(G), 1))])), pop)
+    F, G = pymoo_values(F, G)
+    PymooEvaluator().eval(StaticProblem(problem, F=F, G=G), pop)
     survivors = RankAndCrowding().do(problem, pop, n_survive=n, random_state=np.random.default_rng(seed))
     return np.rint(survivors.get("X")).astype(int)
 
