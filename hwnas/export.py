@@ -663,7 +663,7 @@ def model_card(info: Dict) -> str:
                       "functions warn); the pt2 file (`torch.export`) is its successor."]
     if "onnx-int8" in info["files"]:
         p = parity["formats"]["onnx-int8"]
-        lines += ["", f"int8: onnxruntime static QDQ (per-channel int8 weights, int8 activations calibrated on "
+        lines += ["", f"int8: onnxruntime static QDQ (per-channel int8 weights, uint8 activations calibrated on "
                       f"{rb['calib_images']} training images), whole model. Its val accuracy {p['accuracy']:.4f} vs "
                       f"{p['reference_accuracy']:.4f} in fp32; "
                       + ("the run searched quantization, so the agreement is required."
