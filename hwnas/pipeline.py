@@ -300,14 +300,7 @@ class Experiment:
         rng = np.random.default_rng(self.cfg.strategy.seed + 7919)
         n = min(self.cfg.strategy.initial_samples, self.space.size)
         genomes, seen = [], set()
-        # Include the extremes: predictors extrapolate badly beyond what they saw. With compression searched,
-        # also the smallest architecture uncompressed and uniformly compressed one dimension at a time: the
-        # joint smallest (every gene at its first option) is also the most compressed, and those small ends
-        # were what a staged search found and the joint one missed (benchmarks/joint_vs_staged.py).
-        ends = [self.space.smallest(), self.space.largest()]
-        joint = getattr(self.space_backend, "joint", None)
-        if joint is not None and joint.parts:
-            ends += joint.uniform_compressions(self.space.smallest())
+        ends = self.space.ends()  # predictors extrapolate badly beyond what they saw
         for g in ends:
             if self.space.key(g) in seen:
                 continue

@@ -91,6 +91,12 @@ class SearchSpace:
     def largest(self) -> np.ndarray:
         return self.upper.copy()
 
+    def ends(self) -> List[np.ndarray]:
+        """Genomes a search measures first because predictors extrapolate badly beyond them: the
+        smallest and the largest (a joint space adds its uniform compressions,
+        :meth:`hwnas.dimensions.JointSpace.ends`)."""
+        return [self.smallest(), self.largest()]
+
     def features(self, genomes: Iterable[Sequence[int]]) -> np.ndarray:
         G = np.atleast_2d(np.asarray(list(genomes) if not isinstance(genomes, np.ndarray) else genomes, dtype=int))
         cols = []

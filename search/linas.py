@@ -140,10 +140,11 @@ class Linas:
         have = len(loop.history()[0])
         if have < n_init:
             # The extremes first: a surrogate does not extrapolate beyond what it saw (forests not at all).
-            ends = np.array([loop.space.smallest(), loop.space.largest()])
+            ends = np.array(loop.space.ends())
             ends = ends[~loop.seen(ends)]
             X = np.vstack([ends, loop.sample_unseen(rng, n_init - have)])
-            loop.measure(np.unique(X, axis=0)[: loop.remaining] if len(X) > loop.remaining else X)
+            first = np.sort(np.unique(X, axis=0, return_index=True)[1])  # distinct, the ends first
+            loop.measure(X[first][: loop.remaining])
             loop.end_generation()
         size = cfg.linas_population + cfg.linas_population % 2  # mating pairs
         carried = loop.space.sample(rng, size)

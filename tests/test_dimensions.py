@@ -103,6 +103,17 @@ def test_uniform_compressions_change_one_dimension_at_a_time(default):
     assert seen == [({1.0}, {"fp32"}), ({0.5}, {"fp32"}), ({0.75}, {"fp32"}), ({1.0}, {"int8"})]
 
 
+def test_a_joint_space_starts_from_both_architecture_ends_compressed_uniformly(default):
+    joint = JointSpace(default, JOINT, {"pruning": {"keep": [0.5, 0.75, 1.0]}, "quantization": {"precisions": ["int8", "fp32"]}})
+    ends = joint.space.ends()  # what a run's initial design and linas measure first
+    arch = lambda g: {k: v for k, v in joint.space.decode(g).items() if "." not in k}  # noqa: E731
+    archs = [arch(g) for g in ends]
+    assert archs.count(default.largest_config()) == 1 + 4 and archs.count(default.smallest_config()) == 1 + 4
+    keys = {joint.space.key(g) for g in ends}
+    assert {joint.space.key(g) for g in joint.uniform_compressions(joint.space.largest())} <= keys
+    assert default.space.ends()[0].tolist() == default.space.smallest().tolist() and len(default.space.ends()) == 2
+
+
 def test_a_supernet_without_units_is_refused():
     vit = supernets.create("elastic_vit")
     with pytest.raises(HwnasError, match="pruning"):
@@ -373,7 +384,8 @@ def test_compression_fmnist_experiment_at_reduced_size(tmp_path):
     cfg = yaml.safe_load((ROOT / "experiments" / "compression_fmnist.yaml").read_text())
     assert cfg["space"]["dimensions"] == JOINT
     cfg["data"] = f"fashion-mnist:{FMNIST}"
-    cfg["strategy"].update(population=4, generations=1, initial_samples=5)
+    assert cfg["strategy"]["name"] == "linas" and cfg["objectives"]["accuracy"]["source"] == "measured"
+    cfg["strategy"].update(evaluations=14)
     cfg["accuracy_eval"].update(images=200, calib_images=100)
     cfg["executor"] = {"kind": "local"}  # Ray is tested with the session's cluster elsewhere
     path = tmp_path / "compression-small.yaml"

@@ -164,6 +164,7 @@ class JointSpace:
         else:
             self.space = SearchSpace(variables, name="x".join([supernet.space.name] + [d.name for d, _ in self.parts]))
             self.space.predictor_features = self.features  # hwnas.predictors.features.predictor_features
+            self.space.ends = self.ends
 
     def uncompressed(self, genome) -> np.ndarray:
         """``genome`` with every compression gene at its dimension's ``neutral`` option where it has one:
@@ -190,6 +191,15 @@ class JointSpace:
                 g[sl] = [list(v.options).index(option) for v in variables]
                 out.append(g)
         return out
+
+    def ends(self) -> List[np.ndarray]:
+        """The joint smallest and largest, then the smallest and the largest architectures uncompressed and
+        compressed uniformly one dimension at a time. The joint smallest (every gene at its first option) is
+        also the most compressed, and the uniform moves of the architecture ends are what a staged search
+        finds and a joint one missed when it did not start from them (benchmarks/joint_vs_staged.py)."""
+        space = self.space
+        return [space.smallest(), space.largest(), *self.uniform_compressions(space.smallest()),
+                *self.uniform_compressions(space.largest())]
 
     @property
     def dimensions(self) -> List[Dimension]:
