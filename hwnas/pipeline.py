@@ -293,9 +293,11 @@ class Experiment:
     def initial_samples(self) -> np.ndarray:
         """Seeded random genomes measured in full before the search (generation 0).
 
-        They fit the predictors of predicted metrics; without predicted metrics none are needed.
+        They fit the predictors of predicted metrics; none are needed when every predicted metric has a
+        model of its own (a device's cost model, energy counted from the candidate's layers).
         """
-        if all(m.source == "measured" or self._device_cost_model(m) is not None for m in self.metrics):
+        if all(m.source == "measured" or self._candidate_energy(m) is not None or self._device_cost_model(m) is not None
+               for m in self.metrics):
             return np.zeros((0, self.space.n_var), dtype=int)
         rng = np.random.default_rng(self.cfg.strategy.seed + 7919)
         n = min(self.cfg.strategy.initial_samples, self.space.size)

@@ -190,7 +190,7 @@ def test_quickstart_at_reduced_size(tmp_path):
     """experiments/quickstart.yaml as shipped (the embedded default), only smaller."""
     root = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((root / "experiments" / "quickstart.yaml").read_text())
-    cfg["strategy"].update(population=6, generations=2, initial_samples=8)
+    cfg["strategy"].update(evaluations=16)
     cfg["accuracy_eval"].update(images=500, calib_images=200)
     path = tmp_path / "quickstart-small.yaml"
     path.write_text(yaml.safe_dump(cfg))
