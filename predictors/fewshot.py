@@ -508,7 +508,8 @@ _GRID = tuple(g.reshape(-1) for g in np.meshgrid(_PRIOR_SCALES, _NOISE_VARS, ind
 _EXTRA_RATIOS = (0.01, 0.1, 1.0)  # prior scale of the extra proxy columns relative to the meta-learned head's
 FLEX_MIN_SHOTS = 20  # from this many shots on, candidates with many coefficients are weighed too
 MIN_WEIGHT = 1e-3  # candidates below this share of the leave-one-out weight are dropped
-META_PRIOR = 4.0  # prior log-odds of the meta-learned model against each alternative (_loo_weights)
+BOOTSTRAP_DRAWS = 1000  # Bayesian-bootstrap draws of the shots for the candidates' weights (_loo_weights)
+META_PRIOR = 8.0  # prior log-odds of the meta-learned model against each alternative (_loo_weights)
 
 
 def _blr(B: np.ndarray, z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> dict:
@@ -517,7 +518,8 @@ def _blr(B: np.ndarray, z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> dic
 
     Returns the log marginal likelihood ``ll``, the posterior mean ``beta`` and the closed-form
     leave-one-out predictive mean and variance of every sample (``loo_mu``, ``loo_var``; Rasmussen &
-    Williams eq. 5.12: the model refitted without sample i, same a and s2).
+    Williams eq. 5.12: the model refitted without sample i, with the (a, s2) that maximise the marginal
+    likelihood of the other samples) and that likelihood (``loo_ll``).
     """
     B, z = B.astype(np.float64), z.astype(np.float64)
     resid = z - B @ mean
@@ -532,11 +534,23 @@ def _blr(B: np.ndarray, z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> dic
     best = int(np.argmax(ll))
     Kinv = (U / d[best]) @ U.T
     alpha = Kinv @ resid
-    n, d = len(z), np.diag(Kinv)
+    n = len(z)
     AB = a[best] * cov @ B.T
+    # Leave-one-out with (a, s2) chosen again without the left-out shot: every grid point's leave-one-out
+    # density of each shot in O(n) (Rasmussen & Williams eq. 5.10-5.12), its log-likelihood without the
+    # shot = ll minus that density. Choosing (a, s2) on all shots made flexible candidates look better
+    # than they predict.
+    alpha_g = U @ (rt[:, None] / d.T)  # (n, grid)
+    kdiag_g = (U**2) @ (1.0 / d.T)
+    mu_g, var_g = resid[:, None] - alpha_g / kdiag_g, 1.0 / kdiag_g
+    logp = -0.5 * np.log(2 * np.pi * var_g) - 0.5 * (resid[:, None] - mu_g) ** 2 / var_g
+    ll_without = ll[None, :] - 0.5 * n * np.log(2 * np.pi) - logp
+    pick = np.argmax(ll_without, 1)
+    rows = np.arange(n)
     return {"ll": float(ll[best]) - 0.5 * n * np.log(2 * np.pi), "beta": mean + AB @ alpha,
-            "loo_mu": z - alpha / d, "loo_var": 1.0 / d, "a": float(a[best]), "s2": float(s2[best]),
-            "cov": a[best] * cov - AB @ Kinv @ AB.T}
+            "loo_mu": B @ mean + mu_g[rows, pick],
+            "loo_var": var_g[rows, pick], "loo_ll": ll_without[rows, pick],
+            "a": float(a[best]), "s2": float(s2[best]), "cov": a[best] * cov - AB @ Kinv @ AB.T}
 
 
 def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict, extra: np.ndarray | None = None) -> dict:
@@ -568,8 +582,12 @@ def _meta_fit(Phi: np.ndarray, z: np.ndarray, member: dict, extra: np.ndarray | 
     ll = np.array([f["ll"] for f in fits])
     w = np.exp(ll - ll.max())
     w /= w.sum()
-    mu = sum(wi * f["loo_mu"] for wi, f in zip(w, fits))
-    var = sum(wi * (f["loo_var"] + f["loo_mu"] ** 2) for wi, f in zip(w, fits)) - mu**2
+    # Leave-one-out, the components' weights too from the other shots alone.
+    lw = np.array([f["loo_ll"] for f in fits])
+    wl = np.exp(lw - lw.max(0))
+    wl /= wl.sum(0)
+    mu = sum(wi * f["loo_mu"] for wi, f in zip(wl, fits))
+    var = sum(wi * (f["loo_var"] + f["loo_mu"] ** 2) for wi, f in zip(wl, fits)) - mu**2
     head = sum(wi * f["beta"] for wi, f in zip(w, fits))
     # Posterior covariance of the head and noise, averaged over the components (for uncertainty only).
     cov = sum(wi * f["cov"] for wi, f in zip(w, fits))
@@ -684,15 +702,25 @@ def _loo_weights(fits: dict, z: np.ndarray) -> Dict[str, float]:
     predictive density, ``-n/2 log(LOO MSE)`` (pseudo-Bayesian model averaging, Yao et al. 2018, with one
     noise level per candidate: per-shot variances made a lucky flexible model look certain), plus
     prior log-odds :data:`META_PRIOR` x :func:`_resemblance` squared for the meta-learned model, the
-    one trained to transfer, as far as the meta-training devices resemble the shots. With
+    one trained to transfer, as far as the meta-training devices resemble the shots; averaged over
+    Bayesian-bootstrap reweightings of the shots (pseudo-BMA+). Every choice a candidate makes from the
+    shots (prior scale, noise, mixture component) is made again without the left-out shot. With
     ten shots a proxy's better fit is often chance; on HELP's splits the prior kept every device at
     its meta-learned figure while a proxy takes over where the shots clearly favour it
     (benchmarks/results/fewshot.md)."""
     names = list(fits)
     mse = np.array([np.mean((fits[n]["loo_mu"] - z) ** 2) for n in names])
     prior = META_PRIOR * _resemblance(names, mse) ** 2
-    scores = -0.5 * len(z) * np.log(np.maximum(mse, 1e-12)) + np.array([prior * (n == "meta") for n in names])
-    return _normalise(names, scores)
+    odds = np.array([prior * (n == "meta") for n in names])
+    # Pseudo-BMA+ (Yao et al. 2018): the scores averaged over Bayesian-bootstrap reweightings of the
+    # shots, so that a lead resting on one or two shots does not take all the weight.
+    m = np.maximum(mse, 1e-12)[:, None]
+    lpd = -0.5 * np.log(m) - 0.5 * np.array([(fits[n]["loo_mu"] - z) ** 2 for n in names]) / m
+    draws = np.random.default_rng(0).dirichlet(np.ones(len(z)), BOOTSTRAP_DRAWS)
+    scores = len(z) * draws @ lpd.T + odds  # (draws, candidates)
+    w = np.exp(scores - scores.max(1, keepdims=True))
+    w = (w / w.sum(1, keepdims=True)).mean(0)
+    return _normalise(names, np.log(np.maximum(w, 1e-300)))
 
 
 def _resemblance(names, mse) -> float:

@@ -162,3 +162,38 @@ def test_fast_predict_equals_the_plain_forward_pass(space, shots, one_torch_thre
     assert not np.allclose(other.predict(G[:100]), adapted.predict(G[:100]))
     adapted.fit(adapted.reference_genomes_, np.linspace(3.0, 1.0, 10))
     np.testing.assert_allclose(adapted.predict(G[:100]), other.predict(G[:100]), rtol=1e-6)
+
+
+def test_leave_one_out_chooses_prior_scale_and_noise_again_without_the_left_out_shot():
+    """_blr's leave-one-out prediction of each shot is the posterior mean of a fit on the other shots at
+    the grid's (a, s2) that maximise their marginal likelihood (brute force: refit on n-1 shots)."""
+    from hwnas.predictors.fewshot import _blr
+
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(12, 4))
+    z = B @ rng.normal(size=4) + 0.3 * rng.normal(size=12)
+    z[3] += 3.0  # an outlier: the grid point chosen without it differs from the one chosen with it
+    mean, cov = np.zeros(4), np.eye(4)
+    fit = _blr(B, z, mean, cov)
+    for i in range(len(z)):
+        keep = np.arange(len(z)) != i
+        other = _blr(B[keep], z[keep], mean, cov)
+        assert fit["loo_mu"][i] == pytest.approx(B[i] @ other["beta"], abs=1e-8)
+        assert fit["loo_ll"][i] == pytest.approx(other["ll"], abs=1e-8)
+
+
+def test_candidate_weights_average_over_bootstrapped_shots():
+    """Pseudo-BMA+: a candidate whose leave-one-out error is all on one shot keeps a share of the weight
+    (plain pseudo-BMA, exp(-n/2 log MSE), gives it 6%), so one shot does not decide the choice alone."""
+    from hwnas.predictors.fewshot import _loo_weights
+
+    z = np.linspace(-1.0, 1.0, 10)
+    even = z + 0.1 * np.tile([1.0, -1.0], 5)  # LOO MSE 0.010, spread over every shot
+    one_off = z.copy()
+    one_off[4] += 0.42  # LOO MSE 0.018, all of it on one shot
+    fits = {"even": {"loo_mu": even}, "one_off": {"loo_mu": one_off}}
+    plain = 1.0 / (1.0 + (np.mean((even - z) ** 2) / np.mean((one_off - z) ** 2)) ** -5)
+    w = _loo_weights(fits, z)
+    assert plain < 0.07 and 0.2 < w["one_off"] < 0.5 and w["even"] > w["one_off"]
+    assert abs(sum(w.values()) - 1.0) < 1e-9
+    assert w == _loo_weights(fits, z)  # seeded draws: deterministic
