@@ -199,6 +199,10 @@ def test_quickstart_at_reduced_size(tmp_path):
     front = read_csv(out / "front.csv")
     assert front and all(r["accuracy_source"] == "measured" and r["latency_ms_source"] == "measured" for r in front)
     assert all(0.5 < float(r["accuracy"]) <= 1 for r in front)  # the shipped supernet is trained
+    # Accuracy and latency measured, energy counted from each candidate's layers: nothing needs an
+    # initial design, so the run measures exactly its budget.
+    cands = read_csv(out / "candidates.csv")
+    assert len(cands) == 16 and all(int(r["generation"]) >= 1 for r in cands)
     assert {"prune.stage0", "quant.stem", "quant.head"} <= set(front[0])  # architecture x pruning x quantization
 
 
