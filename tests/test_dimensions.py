@@ -17,7 +17,7 @@ from hwnas.devices.backends import create_backend
 from hwnas.devices.onnx import run, session, to_onnx
 from hwnas.dimensions import DIMENSIONS, JointSpace, dimension
 from hwnas.dimensions.pruning import kept_channels
-from hwnas.dimensions.quantization import QuantizedModel, onnx_scope
+from hwnas.dimensions.quantization import QuantizedModel, fold_pool_convs, onnx_scope
 from hwnas.errors import ConfigError, HwnasError
 from hwnas.modelstats import count_flops, count_params
 from hwnas.supernets import calibration_batches, load_dataset, materialize, measure_accuracy
@@ -207,6 +207,31 @@ def test_int8_accuracy_is_the_onnxruntime_int8_models(default, data):
     assert ((fp32_pred == ort_pred).mean() >= 0.95  # int8 really quantized, and sanely
             and (fp32_pred != ort_pred).any())
     assert abs((ort_pred == y.numpy()).mean() - (fp32_pred == y.numpy()).mean()) < 0.02
+
+
+def test_int8_resnet_shortcut_pool_is_folded_into_its_conv(resnet, data):
+    """An int8 unit's pool + 1x1 conv deploys as one strided conv, exactly; fp32 units and pools that do not
+    tile their input keep the pool (onnxruntime's int8 average pool is slow, its fp32 one is not)."""
+    model = resnet.extract(resnet.largest_config())
+    x = data.val[0][:8]
+    every_block = [f"blocks.{i}" for i in range(len(model.blocks))]
+    folded = fold_pool_convs(model, x[:1], every_block)
+    pools = [m for m in folded.modules() if isinstance(m, torch.nn.AvgPool2d)]
+    assert not pools and sum(isinstance(m, torch.nn.AvgPool2d) for m in model.modules()) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    first_pooling = next(i for i, b in enumerate(model.blocks)
+                         if b.downsample is not None and isinstance(b.downsample[0], torch.nn.AvgPool2d))
+    only_one = fold_pool_convs(model, x[:1], [f"blocks.{first_pooling}"])
+    assert sum(isinstance(m, torch.nn.AvgPool2d) for m in only_one.modules()) == 1
+    odd = torch.nn.Sequential(torch.nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+                              torch.nn.Conv2d(3, 4, 1, bias=False))
+    assert isinstance(fold_pool_convs(odd, torch.randn(1, 3, 7, 7), [""])[0], torch.nn.AvgPool2d)  # 7 = 2x3 + 1
+    assert not isinstance(fold_pool_convs(odd, torch.randn(1, 3, 8, 8), [""])[0], torch.nn.AvgPool2d)
+
+    int8 = {**resnet.largest_config(), **{f"quant.{u}": "int8" for u in resnet.compression_unit_names()}}
+    graph = onnx.load_from_string(to_onnx(materialize(resnet, int8, data.train[0], 64, 0), x[:1])).graph
+    assert not [n for n in graph.node if "AveragePool" in n.op_type]
 
 
 def test_cost_only_model_has_the_deployed_graph(default, data):

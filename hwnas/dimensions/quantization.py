@@ -7,7 +7,9 @@ per-channel int8 weights, uint8 activations whose ranges are calibrated on the B
 calibration images) with only the int8 units' ONNX nodes quantized. :class:`QuantizedModel` is that
 deployed form as a torch module: ``forward`` runs the int8 model in onnxruntime (so
 accuracy is the real int8 model's, not a simulation), and :func:`hwnas.devices.onnx.to_onnx`
-returns its QDQ bytes, so the onnxruntime backend times and ``hwnas export`` ships it.
+returns its QDQ bytes, so the onnxruntime backend times and ``hwnas export`` ships it. Before
+quantizing, an int8 unit's average pool + 1x1 conv (the ResNet shortcut) becomes one strided
+conv (:func:`fold_pool_convs`, exact): onnxruntime's int8 average pool is slow.
 
 Only int8 is offered: onnxruntime's CPU provider has no int4 convolution kernel (its 4-bit
 kernels are for MatMul weights), and fp16 runs no faster than fp32 on its CPU provider.
@@ -17,6 +19,7 @@ hard-swish and squeeze-excite on MobileNetV3: the search keeps those blocks fp32
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -63,6 +66,58 @@ def onnx_scope(path: str) -> str:
     return "/" + "/".join(parts) + "/"
 
 
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _foldable(pool: nn.Module, conv: nn.Module, size) -> bool:
+    """An average pool (kernel = stride, no padding, tiling ``size`` exactly) then a plain 1x1 convolution."""
+    if type(pool) is not nn.AvgPool2d or type(conv) is not nn.Conv2d:
+        return False
+    k, s = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size)
+    return (k == s and _pair(pool.padding) == (0, 0) and pool.divisor_override is None
+            and size is not None and size[0] % k[0] == 0 and size[1] % k[1] == 0
+            and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
+            and conv.dilation == (1, 1) and conv.groups == 1)
+
+
+@torch.no_grad()
+def fold_pool_convs(model: nn.Module, example: torch.Tensor, paths: Sequence[str]) -> nn.Module:
+    """A copy of ``model`` whose average pool + 1x1 convolution pairs under ``paths`` are one conv.
+
+    Pooling by ``s`` then a 1x1 conv ``W`` equals an ``s x s`` conv of stride ``s`` with weights
+    ``W / s^2`` at every tap (exact where the pool tiles its input; ``example`` shows the sizes).
+    In int8 it matters: onnxruntime fuses DQ -> AveragePool -> Q into QLinearAveragePool, which took
+    ~2 ms of the elastic ResNet's 6.8 ms int8 forward here (the two shortcut pools), while the
+    folded conv runs as QLinearConv: the int8 network went from 1.39x to 1.68x the fp32 one's speed
+    (benchmarks/compression.py). In fp32 the pool is the faster form, so only int8 units are folded.
+    """
+    model = copy.deepcopy(model)
+    sizes: Dict[nn.Module, Any] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: sizes.__setitem__(mod, tuple(args[0].shape[-2:])))
+             for m in model.modules() if type(m) is nn.AvgPool2d]
+    try:
+        model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    prefixes = tuple(f"{p}." for p in paths)
+    for name, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential) or not f"{name}.".startswith(prefixes):
+            continue
+        for i in range(len(seq) - 1):
+            pool, conv = seq[i], seq[i + 1]
+            if not _foldable(pool, conv, sizes.get(pool)):
+                continue
+            k = _pair(pool.kernel_size)
+            folded = nn.Conv2d(conv.in_channels, conv.out_channels, k, stride=k, bias=conv.bias is not None)
+            folded.weight.copy_(conv.weight.expand(-1, -1, *k) / (k[0] * k[1]))
+            if conv.bias is not None:
+                folded.bias.copy_(conv.bias)
+            seq[i], seq[i + 1] = nn.Identity(), folded  # same child indices: module paths stay
+    return model.eval()
+
+
 class QuantizedModel(nn.Module):
     """A candidate whose ``int8_paths`` modules run in int8 (onnxruntime QDQ); the rest fp32.
 
@@ -84,7 +139,8 @@ class QuantizedModel(nn.Module):
         from hwnas.devices.onnx import quantize_int8, to_onnx
 
         if self._onnx is None:
-            fp32 = to_onnx(self.model, self.calibration[0][:1], dynamic_batch=True)
+            first = self.calibration[0][:1]
+            fp32 = to_onnx(fold_pool_convs(self.model, first, self.int8_paths), first, dynamic_batch=True)
             self._onnx = quantize_int8(fp32, self.calibration, scopes=[onnx_scope(p) for p in self.int8_paths])
         return self._onnx
 
