@@ -93,11 +93,16 @@ def count_by_precision(model: nn.Module, input_shape: Sequence[int], batch_size:
     A quantized candidate (:class:`hwnas.dimensions.quantization.QuantizedModel`) runs the layers
     under its ``int8_paths`` in int8 and the rest in fp32; so does a plain model given ``int8_paths``
     (the fp32 layers a candidate's QDQ model is made from); any other model is all fp32. Pruned
-    layers are counted as the smaller layers they are.
+    layers are counted as the smaller layers they are, int8 layers as they deploy (an average pool
+    + 1x1 conv folded into one strided conv, :func:`hwnas.dimensions.quantization.fold_pool_convs`).
     """
+    from hwnas.dimensions.quantization import fold_pool_convs
+
     if getattr(model, "int8_paths", ()):
         model, int8_paths = model.model, model.int8_paths
     int8_paths = tuple(int8_paths)
+    if int8_paths:
+        model = fold_pool_convs(model, torch.zeros(1, *input_shape), int8_paths)
     totals: Dict[str, list] = {}
 
     def precision(name: str) -> str:

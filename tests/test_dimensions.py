@@ -14,6 +14,7 @@ from hwnas import supernets
 from hwnas.cli import main
 from hwnas.config import load_config
 from hwnas.devices.backends import create_backend
+from hwnas.devices.energy import count_by_precision
 from hwnas.devices.onnx import run, session, to_onnx
 from hwnas.dimensions import DIMENSIONS, JointSpace, dimension
 from hwnas.dimensions.pruning import kept_channels
@@ -230,8 +231,14 @@ def test_int8_resnet_shortcut_pool_is_folded_into_its_conv(resnet, data):
     assert not isinstance(fold_pool_convs(odd, torch.randn(1, 3, 8, 8), [""])[0], torch.nn.AvgPool2d)
 
     int8 = {**resnet.largest_config(), **{f"quant.{u}": "int8" for u in resnet.compression_unit_names()}}
-    graph = onnx.load_from_string(to_onnx(materialize(resnet, int8, data.train[0], 64, 0), x[:1])).graph
+    quantized = materialize(resnet, int8, data.train[0], 64, 0)
+    graph = onnx.load_from_string(to_onnx(quantized, x[:1])).graph
     assert not [n for n in graph.node if "AveragePool" in n.op_type]
+    # energy counts the int8 layers as they deploy: the folded conv does s^2 times the 1x1 conv's MACs
+    counted = count_by_precision(quantized, data.input_shape)
+    assert set(counted) == {"int8"}
+    assert counted["int8"].macs == pytest.approx(count_flops(folded, data.input_shape) / 2)
+    assert counted["int8"].macs > count_flops(model, data.input_shape) / 2
 
 
 def test_cost_only_model_has_the_deployed_graph(default, data):
