@@ -100,9 +100,10 @@ def per_unit(net, data):
 
 
 def from_run(run_dir: Path):
-    import yaml
+    from hwnas.pipeline import load_run_config
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())  # the run's own file, validated when it ran
+    # The run's own file as the run read it (its paths resolved from where the experiment file was).
+    cfg = load_run_config(run_dir).model_dump(mode="json")
     data = load_dataset(cfg["data"])  # BN recalibration and int8 calibration on the run's own data
     space = cfg["space"]
     net = supernets.load_checkpoint(supernets.checkpoint_path(space.get("checkpoint", "default")))
