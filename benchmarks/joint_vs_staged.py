@@ -194,7 +194,10 @@ def main() -> int:
         f"| front members | {len(Fj)} | {len(Fs)} | |",
         f"| of which compressed (pruned or int8) | {compressed_count(joint_front)} | {compressed_count(staged_front)} | |",
         f"| hypervolume (common normalisation) | {hv_j:.4f} | {hv_s:.4f} | |",
-        f"| **HV ratio joint / staged** | **{ratio:.3f}** | | ≥ 1.1: **{met}** |", "",
+        f"| **HV ratio joint / staged** | **{ratio:.3f}** | | ≥ 1.1: **{met}** |",
+        # No front's HV exceeds the whole box up to the reference point, so this staged front caps the ratio.
+        f"| largest ratio any joint front could reach against this staged front (HV of the whole box, "
+        f"{1.1 ** 2:.2f}, / staged HV) | {1.1 ** 2 / hv_s if hv_s > 0 else float('inf'):.3f} | | |", "",
         "Normalisation: both fronts on (-accuracy, latency ms), each objective scaled by the union of both fronts' "
         f"points (ideal -> 0, nadir -> 1: accuracy {100 * -nadir[0]:.2f}-{100 * -ideal[0]:.2f} %, latency "
         f"{ideal[1]:.2f}-{nadir[1]:.2f} ms), reference point 1.1 per objective.", "",
