@@ -66,9 +66,10 @@ def _check_resume_matches(config: Path, out: Path, clean: Path, at: str):
     strip = lambda rows: sorted(r[:3] for r in rows)  # noqa: E731 - created_at differs between runs
     assert strip(after) == strip(_objectives(clean)), f"{at}: candidates or values differ from the clean run"
     # Values equal up to float32 rounding: a predicted cost computed by the killed process (one BLAS thread)
-    # and by the clean run (this process's threads) may differ in the 8th digit.
+    # and by the clean run (this process's threads) sums in another order (seen: 1.04e-6 relative on an
+    # AMD EPYC); a value lost or recomputed from other inputs differs by far more than 1e-5.
     got, want = (np.array([r[3] for r in sorted(rows)]) for rows in (after, _objectives(clean)))
-    np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{at}: values differ from the clean run")
+    np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"{at}: values differ from the clean run")
     assert _front(out) == _front(clean), f"{at}: the front differs from the clean run"
     assert not (out / "run.lock").exists()
 
